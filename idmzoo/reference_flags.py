@@ -50,6 +50,8 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 
+from .errors import IdmzooError
+
 __all__ = [
     "KINDS",
     "LIBRARIES",
@@ -69,7 +71,7 @@ NUM_CLASSES = 1000
 """``script_util.NUM_CLASSES`` in both libraries (ImageNet)."""
 
 
-class FlagError(ValueError):
+class FlagError(IdmzooError, ValueError):
     """A flag set that the reference scripts would reject (or could not build)."""
 
 

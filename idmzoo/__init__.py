@@ -1,0 +1,41 @@
+"""idmzoo: the improved-diffusion / guided-diffusion U-Net as a config-driven zoo of registered blocks."""
+
+from .builder import build
+from .errors import (
+    CheckpointError,
+    DuplicateBlockError,
+    IdmzooError,
+    IdmzooPluginWarning,
+    InvalidBlockError,
+    PluginLoadError,
+    UnknownBlockError,
+)
+from .registry import BLOCK_KINDS, BlockInfo, BlockParams, SiteCheckError, get_block, list_blocks, register_block
+from .runtime import attention_backend, get_attention_backend, set_attention_backend
+from .spec import FamilyParams, Spec, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BLOCK_KINDS",
+    "BlockInfo",
+    "BlockParams",
+    "CheckpointError",
+    "DuplicateBlockError",
+    "FamilyParams",
+    "IdmzooError",
+    "IdmzooPluginWarning",
+    "InvalidBlockError",
+    "PluginLoadError",
+    "SiteCheckError",
+    "Spec",
+    "UnknownBlockError",
+    "attention_backend",
+    "build",
+    "get_attention_backend",
+    "get_block",
+    "list_blocks",
+    "load_spec",
+    "register_block",
+    "set_attention_backend",
+]

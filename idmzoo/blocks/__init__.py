@@ -1,0 +1,1 @@
+"""The built-in blocks (registered by :mod:`idmzoo.builtins`)."""

@@ -1,0 +1,49 @@
+"""Normalization blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from ..registry import BlockParams, SiteCheckError
+
+__all__ = ["GroupNormParams", "GroupNorm32"]
+
+
+class GroupNormParams(BlockParams):
+    """Parameters of :class:`GroupNorm32`."""
+
+    num_groups: PositiveInt = Field(32, description="Number of channel groups; must divide every channel count.")
+    eps: PositiveFloat = Field(1e-5, description="Added to the variance for numerical stability.")
+
+    def check(self, channels: int, stage: str) -> None:
+        if channels % self.num_groups:
+            raise SiteCheckError(
+                "num_groups",
+                f"num_groups={self.num_groups} does not divide {channels} channels; choose a "
+                f"divisor of every channel count in the model (e.g. 1, or a power of two "
+                f"dividing model_channels)",
+            )
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics are always computed in float32, output in the input dtype.
+
+    In float16/bfloat16 the mean and variance over a group lose precision and can
+    overflow (NaNs with small batches or few channels), so low-precision inputs are
+    normalized in float32 and cast back.  Float32 inputs take the plain path, no copy.
+    """
+
+    def __init__(self, num_channels: int, *, num_groups: int = 32, eps: float = 1e-5) -> None:
+        super().__init__(num_groups, num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
+        return out.to(x.dtype)

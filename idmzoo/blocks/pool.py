@@ -1,0 +1,169 @@
+"""Output heads of the encoder U-Net (guided-diffusion's noisy-image classifier).
+
+Every head is called as ``head(h, features)``: ``h`` is the bottleneck activation (in the
+input's dtype) and ``features`` the output of every encoder block, for the heads that
+pool all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from pydantic import Field, PositiveInt
+
+from ..registry import BlockParams, SiteCheckError
+from .attention import attend, split_qkv_first
+from .context import BlockContext
+from .layers import conv_nd, zero_module
+
+__all__ = [
+    "AttentionPoolParams",
+    "SpatialPoolParams",
+    "AttentionPool",
+    "AdaptivePoolHead",
+    "AttentionPoolHead",
+    "SpatialPoolHead",
+    "SpatialV2PoolHead",
+]
+
+_ADAPTIVE_POOLS: dict[int, type[nn.Module]] = {
+    1: nn.AdaptiveAvgPool1d,
+    2: nn.AdaptiveAvgPool2d,
+    3: nn.AdaptiveAvgPool3d,
+}
+
+
+def _spatial_means(features: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Each feature map averaged over its spatial axes, concatenated: ``[N, sum(C)]``."""
+    return torch.cat([f.type(dtype).mean(dim=tuple(range(2, f.dim()))) for f in features], dim=-1)
+
+
+class AdaptivePoolHead(nn.Sequential):
+    """norm → SiLU → global average pool → zero-initialised 1x1 conv → flatten."""
+
+    def __init__(self, channels: int, ctx: BlockContext, *, out_channels: int, **_: int) -> None:
+        super().__init__(
+            ctx.make_norm(channels),
+            nn.SiLU(),
+            _ADAPTIVE_POOLS[ctx.dims](1),
+            zero_module(conv_nd(ctx.dims, channels, out_channels, 1)),
+            nn.Flatten(),
+        )
+
+    def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(h)
+
+
+class AttentionPoolParams(BlockParams):
+    """Parameters of the attention-pooling head."""
+
+    num_head_channels: PositiveInt = Field(64, description="Channels per attention head.")
+
+    def check(self, channels: int, stage: str) -> None:
+        if channels % self.num_head_channels:
+            raise SiteCheckError(
+                "num_head_channels",
+                f"num_head_channels={self.num_head_channels} does not divide {channels} channels",
+            )
+
+
+class AttentionPool(nn.Module):
+    """CLIP-style attention pooling: the mean token, with learned positions, attends to all tokens.
+
+    Args:
+        tokens: spatial positions of the input (its side length to the power ``dims``).
+        channels: input channels.
+        num_head_channels: channels per head.
+        out_channels: output width.
+    """
+
+    def __init__(self, tokens: int, channels: int, num_head_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(channels, tokens + 1) / channels**0.5)
+        self.qkv_proj = conv_nd(1, channels, 3 * channels, 1)
+        self.c_proj = conv_nd(1, channels, out_channels, 1)
+        self.num_heads = channels // num_head_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *_ = x.shape
+        x = x.reshape(b, c, -1)  # [B, C, T]
+        x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)  # [B, C, T+1]
+        x = x + self.positional_embedding[None].to(x.dtype)
+        h = attend(*split_qkv_first(self.qkv_proj(x), self.num_heads))
+        return self.c_proj(h)[:, :, 0]
+
+
+class AttentionPoolHead(nn.Sequential):
+    """norm → SiLU → :class:`AttentionPool`; needs the spec's ``image_size``."""
+
+    def __init__(
+        self,
+        channels: int,
+        ctx: BlockContext,
+        *,
+        out_channels: int,
+        spatial_size: int,
+        num_head_channels: int = 64,
+        **_: int,
+    ) -> None:
+        super().__init__(
+            ctx.make_norm(channels),
+            nn.SiLU(),
+            AttentionPool(spatial_size**ctx.dims, channels, num_head_channels, out_channels),
+        )
+
+    def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(h)
+
+
+class SpatialPoolParams(BlockParams):
+    """Parameters of the heads that pool every encoder block."""
+
+    hidden_channels: PositiveInt = Field(2048, description="Width of the hidden layer.")
+
+
+class SpatialPoolHead(nn.Sequential):
+    """Spatial means of every encoder block, concatenated → linear → ReLU → linear."""
+
+    def __init__(
+        self,
+        channels: int,
+        ctx: BlockContext,
+        *,
+        out_channels: int,
+        feature_channels: int,
+        hidden_channels: int = 2048,
+        **_: int,
+    ) -> None:
+        super().__init__(
+            nn.Linear(feature_channels, hidden_channels),
+            nn.ReLU(),
+            nn.Linear(hidden_channels, out_channels),
+        )
+
+    def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(_spatial_means(features, h.dtype))
+
+
+class SpatialV2PoolHead(nn.Sequential):
+    """Like :class:`SpatialPoolHead` with norm → SiLU instead of ReLU."""
+
+    def __init__(
+        self,
+        channels: int,
+        ctx: BlockContext,
+        *,
+        out_channels: int,
+        feature_channels: int,
+        hidden_channels: int = 2048,
+        **_: int,
+    ) -> None:
+        super().__init__(
+            nn.Linear(feature_channels, hidden_channels),
+            ctx.make_norm(hidden_channels),
+            nn.SiLU(),
+            nn.Linear(hidden_channels, out_channels),
+        )
+
+    def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(_spatial_means(features, h.dtype))

@@ -1,0 +1,1 @@
+"""The model families built from a spec."""

@@ -1,0 +1,43 @@
+"""The encoder U-Net family: guided-diffusion's noisy-image classifier."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..layout import UNetLayout
+from .base import IdmzooModel
+
+if TYPE_CHECKING:
+    from ..spec import Spec
+
+__all__ = ["EncoderUNetModel"]
+
+
+class EncoderUNetModel(IdmzooModel):
+    """The encoder half of the U-Net and a pooling head: ``model(x, timesteps)`` → ``[N, out_channels]``."""
+
+    def __init__(self, spec: Spec, layout: UNetLayout) -> None:
+        super().__init__(spec, layout)
+        self.out = self.maker.create(
+            "pool",
+            spec.pool,
+            layout.final_channels,
+            self.maker.ctx.at("head"),
+            out_channels=spec.out_channels,
+            feature_channels=layout.feature_channels,
+            spatial_size=(spec.image_size or 0) // layout.final_ds,
+        )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Class logits of noisy ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``."""
+        emb = self.embed(timesteps)
+        h = x.type(self.torso_dtype)
+        features = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            features.append(h)
+        h = self.middle_block(h, emb)
+        features.append(h)
+        return self.out(h.type(x.dtype), features)
