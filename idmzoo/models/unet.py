@@ -20,6 +20,18 @@ __all__ = ["UNetModel", "SuperResUNetModel"]
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def _label_embedding(num_classes: int, channels: int) -> nn.Embedding:
+    """``nn.Embedding``'s own N(0, 1) init, skipped on the meta device.
+
+    On meta, ``normal_`` goes through torch's Python reference kernels, whose first use
+    imports the compiler stack (seconds); there is nothing to initialise there anyway.
+    """
+    weight = torch.empty(num_classes, channels)
+    if not weight.is_meta:
+        nn.init.normal_(weight)
+    return nn.Embedding(num_classes, channels, _weight=weight)
+
+
 class UNetModel(IdmzooModel):
     """The diffusion U-Net: ``model(x, timesteps, y=None)`` → ``[N, out_channels, *spatial]``.
 
@@ -29,7 +41,7 @@ class UNetModel(IdmzooModel):
     def __init__(self, spec: Spec, layout: UNetLayout) -> None:
         super().__init__(spec, layout)
         if spec.num_classes is not None:
-            self.label_emb = nn.Embedding(spec.num_classes, self.maker.ctx.emb_channels)
+            self.label_emb = _label_embedding(spec.num_classes, self.maker.ctx.emb_channels)
         self.output_blocks = nn.ModuleList(self.maker.group(g) for g in layout.output_blocks)
         self.out = nn.Sequential(
             self.maker.norm(layout.final_channels),
