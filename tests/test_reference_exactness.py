@@ -54,10 +54,14 @@ def test_eval_output_matches_reference(fixture, attention):
 def test_train_gradients_match_reference(fixture, checkpointing):
     model = build_from_fixture(fixture, checkpointing=checkpointing).train()
     inputs = {name: value.clone() for name, value in fixture["inputs"].items()}
-    inputs["x"].requires_grad_(True)
+    differentiated = {"x": "input_grad", "low_res": "low_res_grad"}
+    differentiated = {name: key for name, key in differentiated.items() if key in fixture}
+    for name in differentiated:
+        inputs[name].requires_grad_(True)
     output = model(**inputs)
     (output * fixture["cotangent"]).sum().backward()
-    assert max_abs(inputs["x"].grad, fixture["input_grad"]) < INPUT_GRAD_TOLERANCE
+    for name, key in differentiated.items():
+        assert max_abs(inputs[name].grad, fixture[key]) < INPUT_GRAD_TOLERANCE, name
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, name
         assert max_abs(parameter.grad, fixture["param_grads"][name]) < PARAM_GRAD_TOLERANCE, name
