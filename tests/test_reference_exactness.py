@@ -7,7 +7,6 @@ import torch
 
 import idmzoo
 from idmzoo.reference import spec_from_reference
-
 from tests.fixtures import fixture_index, load_fixture
 
 OUTPUT_TOLERANCE = 1e-4
