@@ -1,6 +1,7 @@
 """idmzoo: the improved-diffusion / guided-diffusion U-Net as a config-driven zoo of registered blocks."""
 
 from .builder import build
+from .checkpoint import load_checkpoint
 from .errors import (
     CheckpointError,
     DuplicateBlockError,
@@ -10,9 +11,11 @@ from .errors import (
     PluginLoadError,
     UnknownBlockError,
 )
+from .reference import spec_from_flags, spec_from_reference
 from .registry import BLOCK_KINDS, BlockInfo, BlockParams, SiteCheckError, get_block, list_blocks, register_block
 from .runtime import attention_backend, get_attention_backend, set_attention_backend
 from .spec import FamilyParams, Spec, load_spec
+from .zoo import create, list_models, zoo_spec
 
 __version__ = "0.1.0"
 
@@ -32,10 +35,16 @@ __all__ = [
     "UnknownBlockError",
     "attention_backend",
     "build",
+    "create",
     "get_attention_backend",
     "get_block",
     "list_blocks",
+    "list_models",
+    "load_checkpoint",
     "load_spec",
     "register_block",
     "set_attention_backend",
+    "spec_from_flags",
+    "spec_from_reference",
+    "zoo_spec",
 ]
