@@ -16,6 +16,7 @@ import importlib.metadata
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +48,10 @@ BLOCK_KINDS: tuple[str, ...] = (
     "downsample",
     "pool",
 )
+
+
+#: The registry whose plugins are being loaded, so their ``register_block`` calls land there.
+_LOADING_INTO: ContextVar[BlockRegistry | None] = ContextVar("idmzoo_loading_into", default=None)
 
 
 class SiteCheckError(ValueError):
@@ -102,6 +107,8 @@ class BlockInfo:
             whose ``type`` is fixed to this name.
         description: one line for ``idmzoo list-blocks``.
         package: the distribution that registered it.
+        override: registered with ``override=True``: it replaces any other registration
+            of the name, whichever distribution loads first.
     """
 
     kind: str
@@ -110,6 +117,7 @@ class BlockInfo:
     params: type[BlockParams]
     description: str
     package: str
+    override: bool = False
 
     @property
     def qualified_name(self) -> str:
@@ -143,7 +151,8 @@ class BlockRegistry:
         self._discover = discover
         self._discovered = False
         self._loading_package: str | None = None
-        self._journal: list[BlockInfo] | None = None
+        #: ``(registered, replaced)`` pairs of the plugin being loaded, to undo on failure.
+        self._journal: list[tuple[BlockInfo, BlockInfo | None]] | None = None
         #: ``(distribution, cause)`` of every plugin that failed to load.
         self.failed_plugins: list[tuple[str, str]] = []
 
@@ -160,21 +169,27 @@ class BlockRegistry:
             plugins.load_entry_point_plugins(self)
 
     @contextlib.contextmanager
-    def loading(self, package: str) -> Iterator[list[BlockInfo]]:
+    def loading(self, package: str) -> Iterator[None]:
         """Attribute registrations to ``package``; undo all of them if the body raises.
 
-        Used by the plugin loader so a plugin that fails half-way leaves nothing behind.
+        Used by the plugin loader so a plugin that fails half-way leaves nothing behind:
+        its new names are removed and the blocks it overrode are put back.
         """
         with self._lock:
             previous = self._loading_package, self._journal
             self._loading_package, self._journal = package, []
+            token = _LOADING_INTO.set(self)
             try:
-                yield self._journal
+                yield
             except BaseException:
-                for info in self._journal:
-                    self._blocks[info.kind].pop(info.name, None)
+                for info, replaced in reversed(self._journal):
+                    if replaced is None:
+                        self._blocks[info.kind].pop(info.name, None)
+                    else:
+                        self._blocks[info.kind][info.name] = replaced
                 raise
             finally:
+                _LOADING_INTO.reset(token)
                 self._loading_package, self._journal = previous
 
     # -- registration -------------------------------------------------------------------
@@ -200,9 +215,11 @@ class BlockRegistry:
             __doc__=params.__doc__,
             type=(Literal[name, f"{package}:{name}"], Field(name, description="The block's name.")),
         )
-        info = BlockInfo(kind, name, factory, typed_params, description.strip(), package)
+        info = BlockInfo(kind, name, factory, typed_params, description.strip(), package, override)
         with self._lock:
             existing = self._blocks[kind].get(name)
+            if existing is not None and existing.override and not override:
+                return existing  # an override claimed the name on purpose, before this loaded
             if existing is not None and not override:
                 raise DuplicateBlockError(
                     f"{kind} block {name!r} is registered twice: by {existing.package!r} "
@@ -211,7 +228,7 @@ class BlockRegistry:
                 )
             self._blocks[kind][name] = info
             if self._journal is not None:
-                self._journal.append(info)
+                self._journal.append((info, existing))
         return info
 
     def _check_registration(
@@ -312,7 +329,10 @@ def register_block(
     package: str | None = None,
     override: bool = False,
 ) -> Any:
-    """Register a block in the global registry, directly or as a class/function decorator.
+    """Register a block, directly or as a class/function decorator.
+
+    The block goes to the registry whose plugins are being loaded (see
+    :meth:`BlockRegistry.loading`), else to the global :data:`REGISTRY`.
 
     Args:
         kind: one of :data:`BLOCK_KINDS`.
@@ -323,10 +343,12 @@ def register_block(
         description: one line shown by ``idmzoo list-blocks``.
         package: the providing distribution; defaults to the plugin being loaded, or the
             distribution that ships ``factory``'s module.
-        override: replace an existing block of the same kind and name.
+        override: replace the block of the same kind and name, whether it registers
+            before or after this one.
 
     Returns:
-        The :class:`BlockInfo`, or (as a decorator) the decorated factory unchanged.
+        The :class:`BlockInfo` now registered under the name (an earlier override's, if
+        one claimed it), or (as a decorator) the decorated factory unchanged.
 
     Raises:
         DuplicateBlockError: the name is taken and ``override`` is false.
@@ -336,16 +358,17 @@ def register_block(
         >>> @register_block("norm", "my_norm", params=MyNormParams, description="...")
         ... class MyNorm(nn.Module): ...
     """
+    registry = _LOADING_INTO.get() or REGISTRY
     if factory is None:
 
         def decorator(target: Callable[..., Any]) -> Callable[..., Any]:
-            REGISTRY.register(
+            registry.register(
                 kind, name, target, params, description, package=package, override=override
             )
             return target
 
         return decorator
-    return REGISTRY.register(
+    return registry.register(
         kind, name, factory, params, description, package=package, override=override
     )
 
