@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,14 @@ __all__ = ["WRAPPER_KEYS", "load_checkpoint", "read_state_dict"]
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "ema", "ema_state_dict")
 
 _SHOWN = 10  # keys shown per group in a mismatch report
+#: How torch's weights-only unpickler names the callable it refused to run.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)")
+
+
+def _reason(err: Exception) -> str:
+    """The line of torch's error that says what went wrong (its messages run to paragraphs)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else repr(err))
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -62,16 +71,22 @@ def read_state_dict(
     try:
         loaded = torch.load(name, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        needed = _UNSUPPORTED_GLOBAL.search(str(err))
+        if needed is None:
+            raise CheckpointError(
+                f"{name!r} cannot be read with torch.load(weights_only=True): it is not a torch "
+                f"checkpoint, is damaged, or holds more than tensors ({_reason(err)})"
+            ) from err
         raise CheckpointError(
-            f"refused to load {name!r}: torch.load(weights_only=True) found objects that need "
-            f"code to unpickle, and idmzoo never runs code from a checkpoint ({err}). "
-            "A reference checkpoint holds only tensors; if you trust this file's author, "
-            "extract its state dict yourself and save it with torch.save(state_dict, path)."
+            f"refused to load {name!r}: unpickling it would call {needed.group(1)}, and "
+            "torch.load(weights_only=True) allows only tensors and plain containers; idmzoo never "
+            "runs code from a checkpoint. A reference checkpoint holds only tensors; if you trust "
+            "this file's author, extract its state dict yourself and torch.save() just that."
         ) from err
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {name!r}: {err.strerror or err}") from err
     except RuntimeError as err:
-        raise CheckpointError(f"{name!r} is not a torch checkpoint: {err}") from err
+        raise CheckpointError(f"{name!r} is not a torch checkpoint, or is damaged: {_reason(err)}") from err
     if key is not None:
         if not (isinstance(loaded, Mapping) and _is_state_dict(loaded.get(key))):
             raise CheckpointError(f"{name!r} has no state dict under key {key!r}")

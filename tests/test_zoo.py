@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 import time
@@ -16,9 +15,10 @@ from pydantic import ValidationError
 
 import idmzoo
 from idmzoo.zoo import UnknownModelError, get_entry, zoo_spec
+from tests.fixtures import presets
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = json.loads((ROOT / "tests/fixtures/reference/presets.json").read_text())["presets"]
+PRESETS = presets()
 PRESET_IDS = [p["name"] for p in PRESETS]
 KIND_OF = {
     "script_util.create_model": "model",
