@@ -44,5 +44,5 @@ def register_builtin_blocks() -> None:
                    description="Norm, SiLU, CLIP-style attention pooling with learned positions.")
     register_block("pool", "spatial", pool.SpatialPoolHead, params=pool.SpatialPoolParams,
                    description="Spatial means of every encoder block, then an MLP with ReLU.")
-    register_block("pool", "spatial_v2", pool.SpatialV2PoolHead, params=pool.SpatialPoolParams,
+    register_block("pool", "spatial_v2", pool.SpatialV2PoolHead, params=pool.SpatialV2PoolParams,
                    description="Spatial means of every encoder block, then an MLP with norm and SiLU.")

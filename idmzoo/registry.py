@@ -89,6 +89,15 @@ class BlockParams(BaseModel):
         :class:`SiteCheckError` naming the offending parameter.
         """
 
+    def inner_norm_channels(self, channels: int) -> tuple[int, ...]:
+        """Channel counts of the norms the block builds besides those at its input and output.
+
+        A block with an inner layer of its own width that it normalizes (e.g. an MLP head's
+        hidden layer) returns that width, so the spec's norm is checked against it at
+        validation instead of failing inside the build.  ``channels`` is the block's input.
+        """
+        return ()
+
     def factory_kwargs(self) -> dict[str, Any]:
         """The parameters as keyword arguments for the factory (everything but ``type``)."""
         return {name: getattr(self, name) for name in type(self).model_fields if name != "type"}

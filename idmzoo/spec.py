@@ -164,6 +164,14 @@ class Spec(BaseModel):
                     f"rates are {', '.join(map(str, reached))}"
                 )
                 errors.append(_error(("attention_resolutions", i), message, rate))
+        bottleneck_rate = reached[-1]
+        if self.image_size is not None and self.image_size % bottleneck_rate:
+            message = (
+                f"image_size={self.image_size} is not a multiple of {bottleneck_rate}, the "
+                f"downsampling rate at the bottleneck of {len(reached)} levels: every level must "
+                f"halve the image exactly for the skip connections to line up"
+            )
+            errors.append(_error(("image_size",), message, self.image_size))
         return errors
 
     def _block_errors(self) -> list[InitErrorDetails]:
@@ -178,13 +186,18 @@ class Spec(BaseModel):
                 errors.setdefault(loc, _error(loc, f"{err} ({where})", getattr(params, err.field or "type", None)))
 
         layout = self.layout()
-        for site in layout.sites():
-            if site.kind != "stem":
-                check(site.kind, getattr(self, site.kind), site.channels, site.stage, f"at {site.path}")
-        for channels in sorted(layout.normalized_channels()):
-            check("norm", self.norm, channels, "any", f"needed for {channels} channels")
+        norms = {channels: f"needed for {channels} channels" for channels in layout.normalized_channels()}
+        placed = [(site.kind, site.channels, site.stage, site.path) for site in layout.sites()]
         if self.pool is not None:
-            check("pool", self.pool, layout.final_channels, "head", "at out")
+            placed.append(("pool", layout.final_channels, "head", "out"))
+        for kind, channels, stage, path in placed:
+            if kind != "stem":
+                params = getattr(self, kind)
+                check(kind, params, channels, stage, f"at {path}")
+                for inner in params.inner_norm_channels(channels):
+                    norms.setdefault(inner, f"needed for {inner} channels inside the {kind} at {path}")
+        for channels, where in sorted(norms.items()):
+            check("norm", self.norm, channels, "any", where)
         return list(errors.values())
 
     def layout(self) -> Any:

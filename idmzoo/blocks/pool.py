@@ -19,6 +19,7 @@ from .layers import conv_nd, zero_module
 __all__ = [
     "AttentionPoolParams",
     "SpatialPoolParams",
+    "SpatialV2PoolParams",
     "AttentionPool",
     "AdaptivePoolHead",
     "AttentionPoolHead",
@@ -120,6 +121,13 @@ class SpatialPoolParams(BlockParams):
     """Parameters of the heads that pool every encoder block."""
 
     hidden_channels: PositiveInt = Field(2048, description="Width of the hidden layer.")
+
+
+class SpatialV2PoolParams(SpatialPoolParams):
+    """Parameters of :class:`SpatialV2PoolHead`, whose hidden layer is normalized."""
+
+    def inner_norm_channels(self, channels: int) -> tuple[int, ...]:
+        return (self.hidden_channels,)
 
 
 class SpatialPoolHead(nn.Sequential):

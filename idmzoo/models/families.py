@@ -43,6 +43,12 @@ class EncoderUNetFamily(FamilyParams):
         if spec.num_classes is not None:
             raise SiteCheckError("num_classes", "the encoder_unet family is not class-conditional; set out_channels to the number of classes")
         if spec.pool.type.rpartition(":")[2] == "attention":
+            if spec.dims == 3:
+                raise SiteCheckError(
+                    "pool",
+                    "the attention pool learns one position per bottleneck pixel, but a 3-D input "
+                    "keeps its depth, which the spec does not fix; use dims 1 or 2, or another pool",
+                )
             rate = 2 ** (len(spec.channel_mult) - 1)
             if spec.image_size is None or spec.image_size % rate:
                 raise SiteCheckError(
