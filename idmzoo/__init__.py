@@ -14,7 +14,9 @@ from .errors import (
 from .reference import spec_from_flags, spec_from_reference
 from .registry import BLOCK_KINDS, BlockInfo, BlockParams, SiteCheckError, get_block, list_blocks, register_block
 from .runtime import attention_backend, get_attention_backend, set_attention_backend
+from .schema import spec_schema
 from .spec import FamilyParams, Spec, load_spec
+from .summary import ModelSummary, summarize
 from .zoo import create, list_models, zoo_spec
 
 __version__ = "0.1.0"
@@ -29,6 +31,7 @@ __all__ = [
     "IdmzooError",
     "IdmzooPluginWarning",
     "InvalidBlockError",
+    "ModelSummary",
     "PluginLoadError",
     "SiteCheckError",
     "Spec",
@@ -46,5 +49,7 @@ __all__ = [
     "set_attention_backend",
     "spec_from_flags",
     "spec_from_reference",
+    "spec_schema",
+    "summarize",
     "zoo_spec",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from idmzoo_convtranspose import conv_transpose_upsample
 
 import idmzoo
-from idmzoo_convtranspose import conv_transpose_upsample
 
 SPEC = {
     "in_channels": 3,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from idmzoo_rmsnorm import ChannelRMSNorm
 from pydantic import ValidationError
 
 import idmzoo
-from idmzoo_rmsnorm import ChannelRMSNorm
 
 SPEC = {
     "in_channels": 3,

@@ -46,7 +46,7 @@ def _geometry(dims: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, .
     """Kernel, stride and padding: (4, 2, 1) on every resampled axis, (1, 1, 0) on 3-D depth."""
     resampled = (4, 2, 1)
     axes = [(1, 1, 0)] + [resampled] * 2 if dims == 3 else [resampled] * dims
-    kernel, stride, padding = zip(*axes)
+    kernel, stride, padding = zip(*axes, strict=True)
     return kernel, stride, padding
 
 

@@ -1,0 +1,234 @@
+"""The ``idmzoo`` command line: list and describe blocks, validate, build and summarise specs.
+
+Each subcommand is one :class:`Command` in :data:`COMMANDS` (its arguments and the
+function that runs it), so a new one is a new entry, not a new branch.  Errors are one
+line on stderr and a non-zero status (``--debug`` re-raises them with the traceback);
+plugin warnings are one line each on stderr.  torch is imported only by the commands
+that build a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from .errors import IdmzooError
+from .registry import BLOCK_KINDS, BlockInfo, get_block, list_blocks
+from .summary import format_table
+
+__all__ = ["Command", "COMMANDS", "EXIT_OK", "EXIT_ERROR", "EXIT_INVALID", "build_parser", "main"]
+
+EXIT_OK = 0
+#: Anything that went wrong other than an invalid spec (unreadable file, unknown block...).
+EXIT_ERROR = 1
+#: The spec is not valid (also argparse's status for bad command-line arguments).
+EXIT_INVALID = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``idmzoo`` subcommand.
+
+    Attributes:
+        name: what the user types (``list-blocks``).
+        help: one line for ``idmzoo --help``.
+        add_arguments: declares the subcommand's arguments on its parser.
+        run: does the work; returns the exit status.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def validation_lines(err: ValidationError) -> list[str]:
+    """One ``<json.path>: <message>`` line per error of ``err``."""
+    return [
+        f"{'.'.join(str(part) for part in error['loc']) or '<spec>'}: {' '.join(error['msg'].split())}"
+        for error in err.errors()
+    ]
+
+
+# -- list-blocks ------------------------------------------------------------------------
+
+
+def _list_blocks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on the name (default: *)")
+    parser.add_argument("--kind", choices=BLOCK_KINDS, help="only blocks of this kind")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of records")
+
+
+def _block_record(info: BlockInfo) -> dict[str, str]:
+    return {
+        "kind": info.kind,
+        "name": info.name,
+        "package": info.package,
+        "qualified_name": info.qualified_name,
+        "description": info.description,
+    }
+
+
+def _list_blocks(args: argparse.Namespace) -> int:
+    blocks = list_blocks(args.kind, args.pattern)
+    if args.json:
+        print(json.dumps([_block_record(info) for info in blocks], indent=2))
+    else:
+        rows = [[info.kind, info.name, info.package, info.description] for info in blocks]
+        print(format_table(["kind", "name", "package", "description"], rows))
+    return EXIT_OK
+
+
+# -- describe ---------------------------------------------------------------------------
+
+
+def _describe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=BLOCK_KINDS, help="the block kind")
+    parser.add_argument("name", help="the block name, or <package>:<name>")
+    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .schema import block_parameters
+
+    info = get_block(args.kind, args.name)
+    parameters = block_parameters(info)
+    factory = f"{info.factory.__module__}.{getattr(info.factory, '__qualname__', info.factory)}"
+    if args.json:
+        record = {**_block_record(info), "factory": factory, "parameters": [vars(p) for p in parameters]}
+        print(json.dumps(record, indent=2))
+        return EXIT_OK
+    print(f"{info.kind} block {info.name!r} from {info.package} (spec: {{\"type\": \"{info.name}\"}} "
+          f"or \"{info.qualified_name}\")")
+    print(info.description)
+    print(f"factory: {factory}")
+    print()
+    if not parameters:
+        print("no parameters")
+        return EXIT_OK
+    rows = [[p.name, p.type, "(required)" if p.default is None else p.default, p.description] for p in parameters]
+    print(format_table(["parameter", "type", "default", "description"], rows))
+    return EXIT_OK
+
+
+# -- validate -----------------------------------------------------------------------------
+
+
+def _spec_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC.json", help="the spec file")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    try:
+        load_spec(args.spec)
+    except ValidationError as err:
+        print("\n".join(validation_lines(err)))
+        return EXIT_INVALID
+    print("OK")
+    return EXIT_OK
+
+
+# -- build --------------------------------------------------------------------------------
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    _spec_argument(parser)
+    parser.add_argument(
+        "--device", default="cpu", help='where to allocate the weights; "meta" allocates none (default: cpu)'
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="input side length for numeric shapes (default: the spec's image_size)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .builder import build
+    from .summary import summarize
+
+    start = time.perf_counter()
+    model = build(args.spec, device=args.device)
+    seconds = time.perf_counter() - start
+    summary = summarize(model, image_size=args.image_size)
+    if args.json:
+        print(json.dumps({"spec": args.spec, "device": args.device, **summary.to_dict()}, indent=2))
+    else:
+        print(f"built {args.spec} on {args.device} in {seconds:.2f} s")
+        print(summary)
+    return EXIT_OK
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .schema import spec_schema
+
+    print(json.dumps(spec_schema(), indent=2))
+    return EXIT_OK
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("list-blocks", "list the registered blocks of every installed distribution",
+            _list_blocks_arguments, _list_blocks),
+    Command("describe", "show a block's parameters with their types, defaults and docs",
+            _describe_arguments, _describe),
+    Command("validate", "check a spec file: prints OK, or one <json.path>: <message> line per error",
+            _spec_argument, _validate),
+    Command("build", "build a spec and print a per-stage summary", _build_arguments, _build),
+    Command("schema", "print the JSON Schema of spec files, with every installed block's parameters",
+            lambda parser: None, _schema),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser of ``idmzoo``, one subparser per command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="idmzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"idmzoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    # Also accepted after the subcommand; SUPPRESS keeps it from resetting the value above.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help, parents=[debug])
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def _one_line_warning(stream: TextIO) -> Callable[..., None]:
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=stream)
+
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``idmzoo`` with ``argv`` (default: the process arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(sys.stderr)
+        try:
+            return args.run(args)
+        except Exception as err:  # every failure is one line, unless --debug asks for more
+            if args.debug:
+                raise
+            if isinstance(err, ValidationError):
+                print("\n".join(f"error: {line}" for line in validation_lines(err)), file=sys.stderr)
+                return EXIT_INVALID
+            message = str(err) if isinstance(err, IdmzooError) else f"{type(err).__name__}: {err}"
+            print(f"error: {' '.join(message.split())} (--debug shows the traceback)", file=sys.stderr)
+            return EXIT_ERROR

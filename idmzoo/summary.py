@@ -1,0 +1,219 @@
+"""A per-stage summary of a built model: the blocks each stage uses, its output shape, its size.
+
+The shapes come from the model's layout (the same :class:`~idmzoo.layout.UNetLayout` it
+was built from), not from running it, so a model on the meta device, or one too large to
+run here, is summarised instantly.  Without an image size the spatial axes stay symbolic
+(``[N, 256, H/8, W/8]``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import IdmzooError
+from .registry import BLOCK_KINDS
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .layout import Site
+    from .spec import Spec
+
+__all__ = ["StageSummary", "ModelSummary", "summarize", "format_table"]
+
+Shape = tuple[int | str, ...]
+_AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+#: Stages in the order data flows through them; any other child of the model comes after.
+_STAGE_ORDER = ("time_embed", "label_emb", "input_blocks", "middle_block", "output_blocks", "out")
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One top-level part of the model.
+
+    Attributes:
+        name: the attribute of the model (``input_blocks``, ``middle_block``, ``out``, ...).
+        blocks: ``(kind, name, count)`` of every registered block built inside it,
+            nested ones (such as the norms inside residual blocks) included.
+        output_shape: the shape it returns, or ``None`` when the layout does not say.
+        parameters: its parameter count.
+    """
+
+    name: str
+    blocks: tuple[tuple[str, str, int], ...]
+    output_shape: Shape | None
+    parameters: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What :func:`summarize` reports; ``str()`` of it is the table ``idmzoo build`` prints.
+
+    Attributes:
+        family: the spec's model family.
+        input_shape: the shape of the model's input ``x``.
+        stages: one entry per top-level module, in the model's order.
+        parameters: the total parameter count.
+    """
+
+    family: str
+    input_shape: Shape
+    stages: tuple[StageSummary, ...]
+    parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data."""
+        return {
+            "family": self.family,
+            "input_shape": list(self.input_shape),
+            "parameters": self.parameters,
+            "stages": [
+                {
+                    "name": stage.name,
+                    "output_shape": None if stage.output_shape is None else list(stage.output_shape),
+                    "parameters": stage.parameters,
+                    "blocks": [{"kind": k, "name": n, "count": c} for k, n, c in stage.blocks],
+                }
+                for stage in self.stages
+            ],
+        }
+
+    def __str__(self) -> str:
+        rows = [
+            [
+                stage.name,
+                _format_shape(stage.output_shape),
+                f"{stage.parameters:,}",
+                ", ".join(f"{name} x{count}" for _, name, count in stage.blocks) or "-",
+            ]
+            for stage in self.stages
+        ]
+        rows.append(["total", "", f"{self.parameters:,}", ""])
+        header = f"family {self.family}, input {_format_shape(self.input_shape)}"
+        table = format_table(["stage", "output shape", "parameters", "blocks"], rows, right={2})
+        return f"{header}\n{table}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] = frozenset()) -> str:
+    """Plain-text columns separated by two spaces; the last column is not padded.
+
+    Args:
+        headers: the column titles.
+        rows: the cells, as strings.
+        right: indexes of the columns to right-align (numbers).
+
+    Returns:
+        The table, one line per row, headers first.
+    """
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [
+            cell.rjust(width) if i in right else (cell if i == len(row) - 1 else cell.ljust(width))
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _format_shape(shape: Shape | None) -> str:
+    return "-" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _spatial(spec: Spec, image_size: int | None, rate: int) -> Shape:
+    """The spatial axes at downsampling ``rate``; the depth of 3-D signals is never resampled."""
+    axes: list[int | str] = []
+    for axis in _AXES[spec.dims]:
+        if axis == "D":
+            axes.append(axis)
+        elif image_size is None:
+            axes.append(axis if rate == 1 else f"{axis}/{rate}")
+        else:
+            axes.append(image_size // rate)
+    return tuple(axes)
+
+
+def _after(site: Site) -> int:
+    """The downsampling rate at the output of ``site``."""
+    return {"downsample": site.ds * 2, "upsample": site.ds // 2}.get(site.kind, site.ds)
+
+
+def _stage_shapes(model: nn.Module, spec: Spec, image_size: int | None) -> dict[str, Shape]:
+    layout = model.layout
+    batch: Shape = ("N",)
+    embedding = batch + (model.maker.ctx.emb_channels,)
+    shapes: dict[str, Shape] = {"time_embed": embedding, "label_emb": embedding}
+    groups = {"input_blocks": layout.input_blocks, "middle_block": (layout.middle_block,)}
+    if layout.output_blocks:
+        groups["output_blocks"] = layout.output_blocks
+    for name, sites in groups.items():
+        last = sites[-1][-1]
+        shapes[name] = batch + (last.out_channels,) + _spatial(spec, image_size, _after(last))
+    head = () if spec.pool is not None else _spatial(spec, image_size, 1)
+    shapes["out"] = batch + (spec.out_channels,) + head
+    return shapes
+
+
+def _blocks_in(module: nn.Module, spec: Spec) -> tuple[tuple[str, str, int], ...]:
+    counts = Counter(
+        (kind, getattr(spec, kind).type)
+        for kind in (getattr(m, "idmzoo_kind", None) for m in module.modules())
+        if kind is not None
+    )
+    order = sorted(counts, key=lambda key: (key[0] == "norm", BLOCK_KINDS.index(key[0]), key[1]))
+    return tuple((kind, name, counts[kind, name]) for kind, name in order)
+
+
+def _stage_position(named: tuple[str, nn.Module]) -> int:
+    return _STAGE_ORDER.index(named[0]) if named[0] in _STAGE_ORDER else len(_STAGE_ORDER)
+
+
+def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummary:
+    """Summarise a model built by :func:`idmzoo.build`, stage by stage.
+
+    Args:
+        model: the built model (any device, ``"meta"`` included).
+        image_size: the input's side length, for numeric shapes; defaults to the spec's
+            ``image_size``, and shapes stay symbolic (``H/4``) when neither is set.
+
+    Returns:
+        The :class:`ModelSummary`; ``print()`` it for a table.
+
+    Raises:
+        IdmzooError: the model was not built by idmzoo, or ``image_size`` is not a
+            multiple of the bottleneck's downsampling rate.
+
+    Examples:
+        >>> print(idmzoo.summarize(idmzoo.build("specs/idm_uncond_ssn.json", device="meta")))
+    """
+    spec, layout = getattr(model, "spec", None), getattr(model, "layout", None)
+    if spec is None or layout is None or not hasattr(model, "maker"):
+        raise IdmzooError(
+            f"summarize needs a model built by idmzoo.build (an IdmzooModel with .spec and "
+            f".layout), but got {type(model).__name__}"
+        )
+    image_size = image_size if image_size is not None else spec.image_size
+    if image_size is not None and image_size % layout.final_ds:
+        raise IdmzooError(
+            f"image_size={image_size} must be a multiple of {layout.final_ds}, the "
+            f"downsampling rate at the bottleneck"
+        )
+    shapes = _stage_shapes(model, spec, image_size)
+    stages = tuple(
+        StageSummary(
+            name,
+            _blocks_in(child, spec),
+            shapes.get(name),
+            sum(p.numel() for p in child.parameters()),
+        )
+        for name, child in sorted(model.named_children(), key=_stage_position)
+    )
+    return ModelSummary(
+        family=spec.family.type,
+        input_shape=("N", spec.in_channels) + _spatial(spec, image_size, 1),
+        stages=stages,
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
