@@ -72,6 +72,9 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     stable in float16 than dividing afterwards) and the softmax runs in float32.
     """
     if _attention_backend == "sdpa":
+        # The fused kernels need unit stride along the head channels; given strided views,
+        # SDPA silently falls back to its quadratic-memory math kernel (4x slower on CPU).
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v)
     scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
     weight = torch.einsum("...tc,...sc->...ts", q * scale, k * scale)

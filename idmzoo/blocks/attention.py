@@ -103,9 +103,9 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)  # [B, C, T]
-        h = attend(*self.split_heads(self.qkv(self.norm(x))))
-        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+        h = self.norm(x).reshape(b, c, -1)  # [B, C, T]
+        h = self.proj_out(attend(*self.split_heads(self.qkv(h))))
+        return x + h.reshape(b, c, *spatial)  # the residual keeps x's memory format
 
 
 class LegacyOrderAttention(AttentionBlock):
