@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,9 +42,10 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        autocast = torch.amp.is_autocast_available(x.device.type)  # False on the meta device
+        if x.dtype == torch.float32 and not (autocast and torch.is_autocast_enabled(x.device.type)):
             return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
             weight = None if self.weight is None else self.weight.float()
             bias = None if self.bias is None else self.bias.float()
             out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
