@@ -1,0 +1,68 @@
+"""The idmzoo zoo in timm's model registry: ``timm.create_model("idm_cifar10_uncond")``.
+
+Importing this module (``import idmzoo_timm`` does) registers one timm entry point per
+zoo entry, named like it.  As in timm's own model modules, each entry point is also an
+attribute of this module, and timm's ``register_model`` adds its name to ``__all__``.
+There are no weights to download: ``pretrained=True`` raises
+:class:`NoPretrainedWeightsError`, which says how to load a published checkpoint instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+from timm.models import register_model
+
+import idmzoo
+from idmzoo.errors import IdmzooError
+from idmzoo.zoo import ZooEntry
+
+__all__ = ["NoPretrainedWeightsError"]
+
+
+class NoPretrainedWeightsError(IdmzooError, RuntimeError):
+    """``pretrained=True`` for a zoo model: idmzoo downloads no weights."""
+
+
+def _no_weights_message(entry: ZooEntry) -> str:
+    return (
+        f"{entry.name} has no pretrained weights to download: idmzoo and idmzoo-timm fetch no "
+        f"files. Download a published checkpoint yourself ({', '.join(entry.checkpoints)}), then "
+        f"build without memory and load it safely: model = idmzoo.load_checkpoint("
+        f"timm.create_model({entry.name!r}, device='meta'), 'path/to/{entry.checkpoints[0]}')"
+    )
+
+
+def _entry_point(entry: ZooEntry) -> Callable[..., nn.Module]:
+    def create(
+        pretrained: bool = False,
+        pretrained_cfg: Any = None,
+        pretrained_cfg_overlay: Any = None,
+        cache_dir: Any = None,
+        **overrides: Any,
+    ) -> nn.Module:
+        # timm passes pretrained_cfg, pretrained_cfg_overlay and cache_dir to every entry
+        # point; with no weights to fetch they have nothing to configure.
+        if pretrained:
+            raise NoPretrainedWeightsError(_no_weights_message(entry))
+        return idmzoo.create(entry.name, **overrides)
+
+    create.__name__ = create.__qualname__ = entry.name
+    create.__module__ = __name__
+    create.__doc__ = (
+        f"{entry.description} ({entry.library}, {entry.param_count:,} parameters).\n\n"
+        "Keyword arguments are idmzoo spec fields (validated) or ``device``/``checkpointing``; "
+        "see :func:`idmzoo.create`."
+    )
+    return create
+
+
+def _register_zoo_models() -> None:
+    """Register every zoo entry in timm's model registry (once: on import)."""
+    for entry in idmzoo.list_models():
+        globals()[entry.name] = register_model(_entry_point(entry))
+
+
+_register_zoo_models()
