@@ -195,7 +195,9 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     """The argument parser of ``idmzoo``, one subparser per command."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="idmzoo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="idmzoo", description="List and describe blocks; validate, build and summarise specs."
+    )
     parser.add_argument("--version", action="version", version=f"idmzoo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     # Also accepted after the subcommand; SUPPRESS keeps it from resetting the value above.
