@@ -87,6 +87,28 @@ def _list_blocks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- list-models --------------------------------------------------------------------------
+
+
+def _list_models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on the name (default: *)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of records")
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .zoo import list_models
+
+    entries = list_models(args.pattern)
+    if args.json:
+        print(json.dumps([asdict(entry) for entry in entries], indent=2))
+    else:
+        rows = [[e.name, e.library, e.family, f"{e.param_count:,}", e.description] for e in entries]
+        print(format_table(["name", "library", "family", "parameters", "description"], rows))
+    return EXIT_OK
+
+
 # -- describe ---------------------------------------------------------------------------
 
 
@@ -181,6 +203,8 @@ def _schema(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command("list-blocks", "list the registered blocks of every installed distribution",
             _list_blocks_arguments, _list_blocks),
+    Command("list-models", "list the zoo: the published configurations with their parameter counts",
+            _list_models_arguments, _list_models),
     Command("describe", "show a block's parameters with their types, defaults and docs",
             _describe_arguments, _describe),
     Command("validate", "check a spec file: prints OK, or one <json.path>: <message> line per error",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 import idmzoo
+from idmzoo.cli import main
 from idmzoo.zoo import UnknownModelError, get_entry, zoo_spec
 from tests.fixtures import presets
 
@@ -150,6 +152,27 @@ def test_torch_device_context_builds_on_meta():
 
 
 # -- the command line ---------------------------------------------------------------------
+
+
+def test_cli_list_models_prints_every_entry_with_its_parameter_count():
+    result = subprocess.run([str(CONSOLE_SCRIPT), "list-models"], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "library", "family", "parameters", "description"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert list(rows) == [entry.name for entry in idmzoo.list_models()]
+    for preset in PRESETS:
+        assert rows[preset["name"]][1:4] == [preset["library"], get_entry(preset["name"]).family,
+                                             f"{preset['param_count']:,}"]
+
+
+def test_cli_list_models_json_filters_by_pattern(capsys):
+    assert main(["list-models", "idm_*", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in records] == [e.name for e in idmzoo.list_models("idm_*")]
+    assert {r["name"]: r["param_count"] for r in records} == {
+        p["name"]: p["param_count"] for p in PRESETS if p["name"].startswith("idm_")
+    }
+    assert records[0].keys() >= {"library", "kind", "family", "readme_flags", "checkpoints", "description"}
 
 
 def test_cli_builds_the_largest_256_model_on_meta_in_under_two_seconds():
