@@ -75,6 +75,14 @@ def test_spec_files_are_what_the_generator_writes(capsys):
     assert "0 zoo spec file(s) stale" in capsys.readouterr().out
 
 
+def test_docs_catalogue_table_lists_every_entry_with_its_parameter_count():
+    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "docs/zoo.md").read_text().splitlines()
+            if line.startswith("| `")}
+    for entry in idmzoo.list_models():
+        assert f"| {entry.param_count:,} |" in rows[entry.name]
+        assert all(checkpoint in rows[entry.name] for checkpoint in entry.checkpoints)
+
+
 # -- list_models --------------------------------------------------------------------------
 
 
