@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning(sys.stderr)
         try:
             return args.run(args)
+        except BrokenPipeError:  # the reader went away (`idmzoo schema | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_ERROR
         except Exception as err:  # every failure is one line, unless --debug asks for more
             if args.debug:
                 raise
