@@ -145,6 +145,35 @@ def _distribution_of(obj: Any) -> str:
     return dists[0] if dists else top
 
 
+def _code_fields(params: type[BaseModel]) -> list[str]:
+    """Fields of ``params`` whose validation imports or calls its input (ImportString, Callable).
+
+    Read from the compiled pydantic schema, so a field hidden in a list, an optional or an
+    ``Annotated`` is found as well.
+    """
+    found: set[str] = set()
+
+    def walk(node: Any, field: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, field)
+        if not isinstance(node, dict):
+            return
+        function = node.get("function")
+        validator = function.get("function") if isinstance(function, dict) else None
+        if node.get("type") == "callable" or getattr(validator, "__name__", "") == "import_string":
+            found.add(field)
+        for key, value in node.items():
+            if key == "fields" and node.get("type") == "model-fields":
+                for name, sub in value.items():
+                    walk(sub, name)
+            else:
+                walk(value, field)
+
+    walk(params.__pydantic_core_schema__, params.__name__)
+    return sorted(found)
+
+
 class BlockRegistry:
     """Stores blocks by kind and name; finds them with ranked "did you mean" errors.
 
@@ -261,9 +290,17 @@ class BlockRegistry:
             )
         if not isinstance(description, str) or not description.strip():
             raise InvalidBlockError(f"{kind} block {name!r}: description must be a non-empty string")
+        code = _code_fields(params)
+        if code:
+            raise InvalidBlockError(
+                f"{kind} block {name!r}: params field(s) {', '.join(code)} would import or call "
+                f"what a spec names (ImportString or Callable); a spec is data, so take a plain "
+                f"value or the name of a registered block instead"
+            )
 
     def unregister(self, kind: str, name: str) -> BlockInfo:
         """Remove a block (tests and plugin teardown); returns what was removed."""
+        self._check_kind(kind)
         with self._lock:
             info = self._blocks[kind].pop(name, None)
         if info is None:
@@ -271,6 +308,10 @@ class BlockRegistry:
         return info
 
     # -- lookup --------------------------------------------------------------------
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self._blocks:
+            raise UnknownBlockError(f"unknown block kind {kind!r}; valid kinds: {', '.join(self.kinds)}")
 
     def get(self, kind: str, name: str) -> BlockInfo:
         """The block registered as ``name`` (or ``package:name``) of ``kind``.
@@ -280,8 +321,9 @@ class BlockRegistry:
                 plugin that failed to load (the likely reason a name is missing).
         """
         self.ensure_discovered()
-        if kind not in self._blocks:
-            raise UnknownBlockError(f"unknown block kind {kind!r}; valid kinds: {', '.join(self.kinds)}")
+        self._check_kind(kind)
+        if not isinstance(name, str):
+            raise UnknownBlockError(f"{kind} block name must be a string, but got {type(name).__name__}")
         package, _, plain = name.rpartition(":")
         info = self._blocks[kind].get(plain)
         if info is not None and package in ("", info.package):
@@ -306,8 +348,8 @@ class BlockRegistry:
         Returns a snapshot, so registering while iterating over the result is safe.
         """
         self.ensure_discovered()
-        if kind is not None and kind not in self._blocks:
-            raise UnknownBlockError(f"unknown block kind {kind!r}; valid kinds: {', '.join(self.kinds)}")
+        if kind is not None:
+            self._check_kind(kind)
         with self._lock:
             kinds = [kind] if kind else list(self.kinds)
             found = [

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
@@ -71,6 +72,24 @@ def _block_validator(kind: str) -> Any:
     return validate
 
 
+def _checked(kind: str, params: BlockParams, hook: str, *args: Any) -> Any:
+    """Call a block's validation hook; a crash in it (a plugin bug) becomes a :class:`SiteCheckError`.
+
+    So a faulty plugin is reported against its spec field, naming the block and its
+    package, instead of escaping validation as an arbitrary exception.
+    """
+    try:
+        return getattr(params, hook)(*args)
+    except SiteCheckError:
+        raise
+    except Exception as err:
+        info = REGISTRY.get(kind, params.type)
+        cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise SiteCheckError(
+            None, f"{kind} block {info.name!r} (from package {info.package!r}) failed in {hook}(): {cause}"
+        ) from err
+
+
 def _dump_block(value: BlockParams) -> dict[str, Any]:
     return value.model_dump(mode="json")
 
@@ -114,7 +133,7 @@ class Spec(BaseModel):
         (), description="Downsampling rates at which attention blocks follow the residual blocks."
     )
     dropout: NonNegativeFloat = Field(0.0, lt=1.0, description="Dropout rate inside residual blocks.")
-    channel_mult: tuple[PositiveInt | PositiveFloat, ...] = Field(
+    channel_mult: tuple[PositiveInt | Annotated[PositiveFloat, AllowInfNan(False)], ...] = Field(
         (1, 2, 4, 8), min_length=1, description="Width multiplier of each level; one level per entry."
     )
     dims: Literal[1, 2, 3] = Field(2, description="Signal dimensions: 1 (sequences), 2 (images) or 3 (video/volumes).")
@@ -141,7 +160,7 @@ class Spec(BaseModel):
         if errors:
             _raise(type(self).__name__, errors)
         try:
-            self.family.check_spec(self)
+            _checked("family", self.family, "check_spec", self)
         except SiteCheckError as err:
             errors.append(_error((err.field,) if err.field else ("family",), str(err), None))
         if not errors:
@@ -180,12 +199,15 @@ class Spec(BaseModel):
 
         def check(kind: str, params: BlockParams, channels: int, stage: str, where: str) -> None:
             try:
-                params.check(channels, stage)
+                _checked(kind, params, "check", channels, stage)
             except SiteCheckError as err:
                 loc: Loc = (kind, err.field) if err.field else (kind,)
                 errors.setdefault(loc, _error(loc, f"{err} ({where})", getattr(params, err.field or "type", None)))
 
-        layout = self.layout()
+        try:
+            layout = _checked("family", self.family, "layout", self)
+        except SiteCheckError as err:
+            return [_error(("family",), str(err), self.family.type)]
         norms = {channels: f"needed for {channels} channels" for channels in layout.normalized_channels()}
         placed = [(site.kind, site.channels, site.stage, site.path) for site in layout.sites()]
         if self.pool is not None:
@@ -194,7 +216,7 @@ class Spec(BaseModel):
             if kind != "stem":
                 params = getattr(self, kind)
                 check(kind, params, channels, stage, f"at {path}")
-                for inner in params.inner_norm_channels(channels):
+                for inner in _checked(kind, params, "inner_norm_channels", channels):
                     norms.setdefault(inner, f"needed for {inner} channels inside the {kind} at {path}")
         for channels, where in sorted(norms.items()):
             check("norm", self.norm, channels, "any", where)

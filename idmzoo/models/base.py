@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..blocks.context import BlockContext
 from ..blocks.layers import conv_nd
 from ..blocks.timestep import TimestepEmbedSequential, timestep_embedding
-from ..errors import InvalidBlockError
+from ..errors import IdmzooError, InvalidBlockError
 from ..layout import Site, UNetLayout
 from ..registry import REGISTRY, BlockParams
 from ..runtime import Checkpointing
@@ -48,7 +48,15 @@ class BlockMaker:
     def create(self, kind: str, params: BlockParams, *args: Any, **kwargs: Any) -> nn.Module:
         """Call the registered factory of ``params.type`` and check it returned a module."""
         info = REGISTRY.get(kind, params.type)
-        module = info.create(params, *args, **kwargs)
+        try:
+            module = info.create(params, *args, **kwargs)
+        except IdmzooError:
+            raise
+        except Exception as err:  # a plugin factory may fail in any way; name it
+            raise InvalidBlockError(
+                f"{kind} block {info.name!r} (from {info.package}) failed to build for "
+                f"{args[0] if args else '?'} channels: {type(err).__name__}: {err}"
+            ) from err
         if not isinstance(module, nn.Module):
             raise InvalidBlockError(
                 f"{kind} block {info.name!r} (from {info.package}) returned "
