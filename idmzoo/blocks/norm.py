@@ -34,19 +34,18 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are always computed in float32, output in the input dtype.
 
     In float16/bfloat16 the mean and variance over a group lose precision and can
-    overflow (NaNs with small batches or few channels), so low-precision inputs are
-    normalized in float32 and cast back.  Float32 inputs take the plain path, no copy.
+    overflow (NaNs with small batches or few channels), so low-precision inputs, such as
+    autocast's convolutions produce, are normalized in float32 and cast back.  Float32
+    inputs take the plain path, with no copy: autocast keeps ``group_norm`` of a float32
+    tensor in float32 (CPU passes it through, CUDA lists it as a float32 op).
     """
 
     def __init__(self, num_channels: int, *, num_groups: int = 32, eps: float = 1e-5) -> None:
         super().__init__(num_groups, num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = torch.amp.is_autocast_available(x.device.type)  # False on the meta device
-        if x.dtype == torch.float32 and not (autocast and torch.is_autocast_enabled(x.device.type)):
+        if x.dtype == torch.float32:
             return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            weight = None if self.weight is None else self.weight.float()
-            bias = None if self.bias is None else self.bias.float()
-            out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
-        return out.to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
