@@ -188,6 +188,7 @@ class BlockRegistry:
         self._lock = threading.RLock()
         self._discover = discover
         self._discovered = False
+        self._discovering = False
         self._loading_package: str | None = None
         #: ``(registered, replaced)`` pairs of the plugin being loaded, to undo on failure.
         self._journal: list[tuple[BlockInfo, BlockInfo | None]] | None = None
@@ -197,14 +198,22 @@ class BlockRegistry:
     # -- discovery -------------------------------------------------------------------
 
     def ensure_discovered(self) -> None:
-        """Load the entry-point plugins once, on the first use of the registry."""
+        """Load the entry-point plugins once, on the first use of the registry.
+
+        Other threads wait until loading has finished, so none sees half the plugins;
+        the loading thread itself (a plugin looking a block up) passes straight through.
+        """
         if not self._discover or self._discovered:
             return
         with self._lock:
-            if self._discovered:
+            if self._discovered or self._discovering:
                 return
-            self._discovered = True
-            plugins.load_entry_point_plugins(self)
+            self._discovering = True
+            try:
+                plugins.load_entry_point_plugins(self)
+            finally:
+                self._discovering = False
+                self._discovered = True
 
     @contextlib.contextmanager
     def loading(self, package: str) -> Iterator[None]:
