@@ -63,44 +63,40 @@ class _Lambda(nn.Module):
         return self.fn(x)
 
 
-def test_attention_dropping_channels_is_named_with_its_path_and_shapes(register):
-    register("attention", "halving", lambda channels, ctx, **_: _Lambda(lambda x: x[:, : x.shape[1] // 2]))
-    spec = {**SPEC, "attention": "halving"}
-    with pytest.raises(
-        InvalidBlockError,
-        match=r"attention block 'halving' \(from package 'broken-blocks'\) at input_blocks\.3\.1 "
-        r"returned \[2, 8, 8, 8\] for an input of \[2, 16, 8, 8\], but the layout expects \[2, 16, 8, 8\]",
-    ):
-        idmzoo.build(spec)
-
-
-def test_upsample_that_does_not_upsample_is_named(register):
-    register("upsample", "stay", lambda channels, ctx: nn.Identity())
-    with pytest.raises(
-        InvalidBlockError,
-        match=r"upsample block 'stay' \(from package 'broken-blocks'\) at output_blocks\.1\.2 returned "
-        r"\[2, 16, 8, 8\] for an input of \[2, 16, 8, 8\], but the layout expects \[2, 16, 16, 16\]",
-    ):
-        idmzoo.build({**SPEC, "upsample": "stay"})
-
-
-def test_downsample_returning_a_tuple_is_named(register):
-    register("downsample", "pair", lambda channels, ctx: _Lambda(lambda x: (x, x)))
-    with pytest.raises(
-        InvalidBlockError, match=r"downsample block 'pair' .* at input_blocks\.2\.0 returned tuple"
-    ):
-        idmzoo.build({**SPEC, "downsample": "pair"})
-
-
-def test_norm_changing_the_shape_is_named_with_the_block_around_it(register):
-    register("norm", "squash", lambda channels, **_: _Lambda(lambda x: x.mean(1, keepdim=True)))
-    with pytest.raises(
-        InvalidBlockError,
-        match=r"the norm inside the resblock block 'resblock' \(from package 'idmzoo'\) at "
-        r"input_blocks\.1\.0 returned \[2, 1, 16, 16\] for an input of \[2, 8, 16, 16\], but the "
-        r"layout expects \[2, 8, 16, 16\]",
-    ):
-        idmzoo.build({**SPEC, "norm": "squash"})
+@pytest.mark.parametrize(
+    ("kind", "factory", "message"),
+    [
+        (
+            "attention",
+            lambda channels, ctx: _Lambda(lambda x: x[:, : x.shape[1] // 2]),
+            r"attention block 'wrong' \(from package 'broken-blocks'\) at input_blocks\.3\.1 returned "
+            r"\[2, 8, 8, 8\] for an input of \[2, 16, 8, 8\], but the layout expects \[2, 16, 8, 8\]",
+        ),
+        (
+            "upsample",
+            lambda channels, ctx: nn.Identity(),
+            r"upsample block 'wrong' \(from package 'broken-blocks'\) at output_blocks\.1\.2 returned "
+            r"\[2, 16, 8, 8\] for an input of \[2, 16, 8, 8\], but the layout expects \[2, 16, 16, 16\]",
+        ),
+        (
+            "downsample",
+            lambda channels, ctx: _Lambda(lambda x: (x, x)),
+            r"downsample block 'wrong' .* at input_blocks\.2\.0 returned tuple",
+        ),
+        (
+            "norm",
+            lambda channels, **_: _Lambda(lambda x: x.mean(1, keepdim=True)),
+            r"the norm inside the resblock block 'resblock' \(from package 'idmzoo'\) at "
+            r"input_blocks\.1\.0 returned \[2, 1, 16, 16\] for an input of \[2, 8, 16, 16\], but the "
+            r"layout expects \[2, 8, 16, 16\]",
+        ),
+    ],
+    ids=["attention-drops-channels", "upsample-keeps-size", "downsample-returns-tuple", "norm-squashes"],
+)
+def test_block_with_the_wrong_output_is_named_with_its_path_and_shapes(register, kind, factory, message):
+    register(kind, "wrong", factory)
+    with pytest.raises(InvalidBlockError, match=message):
+        idmzoo.build({**SPEC, kind: "wrong"})
 
 
 def test_pool_head_with_the_wrong_width_is_named(register):
@@ -120,20 +116,6 @@ def test_pool_head_with_the_wrong_width_is_named(register):
         r"bottleneck of \[2, 16, 8, 8\], but the model's output is \[2, 5\]",
     ):
         idmzoo.build(spec)
-
-
-def test_factory_raising_is_wrapped_naming_the_block_and_its_package(register):
-    def refuses(channels: int, ctx: BlockContext) -> nn.Module:
-        raise ValueError("odd channel counts only")
-
-    register("attention", "picky", refuses)
-    with pytest.raises(
-        InvalidBlockError,
-        match=r"attention block 'picky' \(from broken-blocks\) failed to build for 16 channels: "
-        r"ValueError: odd channel counts only",
-    ) as caught:
-        idmzoo.build({**SPEC, "attention": "picky"})
-    assert isinstance(caught.value.__cause__, ValueError)
 
 
 def test_block_failing_on_the_meta_device_is_named_and_the_check_can_be_skipped(register):
@@ -171,18 +153,37 @@ def test_family_returning_a_plain_module_is_named(register):
         idmzoo.build({**SPEC, "family": "plain"})
 
 
-def test_family_factory_raising_is_wrapped(register):
-    def explode(spec: Any) -> nn.Module:
-        raise RuntimeError("no GPU here")
+def _raises(error: Exception) -> Callable[..., nn.Module]:
+    def factory(*args: Any, **kwargs: Any) -> nn.Module:
+        raise error
 
-    register("family", "explodes", explode, params=_UNetLaidOut)
-    with pytest.raises(
-        InvalidBlockError,
-        match=r"model family 'explodes' \(from package 'broken-blocks'\) failed to build: "
-        r"RuntimeError: no GPU here",
-    ) as caught:
-        idmzoo.build({**SPEC, "family": "explodes"})
-    assert isinstance(caught.value.__cause__, RuntimeError)
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "error", "message"),
+    [
+        (
+            "attention",
+            BlockParams,
+            ValueError("odd channel counts only"),
+            r"attention block 'raising' \(from broken-blocks\) failed to build for 16 channels: "
+            r"ValueError: odd channel counts only",
+        ),
+        (
+            "family",
+            _UNetLaidOut,
+            RuntimeError("no GPU here"),
+            r"model family 'raising' \(from package 'broken-blocks'\) failed to build: "
+            r"RuntimeError: no GPU here",
+        ),
+    ],
+)
+def test_factory_raising_is_wrapped_naming_the_block_and_its_package(register, kind, params, error, message):
+    register(kind, "raising", _raises(error), params=params)
+    with pytest.raises(InvalidBlockError, match=message) as caught:
+        idmzoo.build({**SPEC, kind: "raising"})
+    assert caught.value.__cause__ is error
 
 
 def test_family_without_a_layout_is_rejected_at_validation_naming_it(register):
