@@ -7,14 +7,13 @@ registry (where specs look names up) and removes it afterwards.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
-
 from pydantic import ValidationError
 
 import idmzoo
@@ -43,7 +42,9 @@ def register() -> Iterator[Callable[..., None]]:
     """``register(kind, name, factory)``: a block of package ``broken-blocks``, removed after the test."""
     added: list[tuple[str, str]] = []
 
-    def add(kind: str, name: str, factory: Callable[..., Any], params: type[BlockParams] = BlockParams) -> None:
+    def add(
+        kind: str, name: str, factory: Callable[..., Any], params: type[BlockParams] = BlockParams
+    ) -> None:
         REGISTRY.register(kind, name, factory, params, "a broken test block", package=PACKAGE)
         added.append((kind, name))
 
@@ -215,7 +216,9 @@ def test_block_check_crashing_is_reported_against_its_field(register):
 
 def test_shape_check_runs_by_default_only_for_specs_with_plugin_blocks(register, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr("idmzoo.builder.check_block_shapes", lambda model: calls.append(model.spec.attention.type))
+    monkeypatch.setattr(
+        "idmzoo.builder.check_block_shapes", lambda model: calls.append(model.spec.attention.type)
+    )
     register("attention", "plain_plugin", lambda channels, ctx: nn.Identity())
     idmzoo.build(SPEC)
     idmzoo.build({**SPEC, "attention": "plain_plugin"})

@@ -19,7 +19,12 @@ import idmzoo
 ROOT = Path(__file__).parents[1]
 SPECS = [
     ROOT / "specs" / name
-    for name in ("idm_uncond_ssn.json", "adm_classcond_legacy.json", "adm_encoder_attention.json", "adm_3d_rud.json")
+    for name in (
+        "idm_uncond_ssn.json",
+        "adm_classcond_legacy.json",
+        "adm_encoder_attention.json",
+        "adm_3d_rud.json",
+    )
 ]
 
 

@@ -51,7 +51,9 @@ def test_registered_block_is_found_by_name_and_by_qualified_name():
 
 def test_qualified_name_with_another_package_is_unknown():
     registry = fresh(group_norm32="idmzoo")
-    with pytest.raises(UnknownBlockError, match=r"unknown norm block 'other:group_norm32'\. Did you mean 'group_norm32'\?"):
+    with pytest.raises(
+        UnknownBlockError, match=r"unknown norm block 'other:group_norm32'\. Did you mean 'group_norm32'\?"
+    ):
         registry.get("norm", "other:group_norm32")
 
 
@@ -97,18 +99,69 @@ def test_override_replaces_and_unregister_removes():
 @pytest.mark.parametrize(
     ("kind", "name", "factory", "params", "description", "message"),
     [
-        ("normalisation", "x", nn.Identity, BlockParams, "d", r"kind must be one of family, norm, .* but got 'normalisation'"),
-        ("norm", "", nn.Identity, BlockParams, "d", r"norm block name must be a non-empty string without ':'"),
-        ("norm", "pkg:x", nn.Identity, BlockParams, "d", r"without ':' or surrounding spaces, but got 'pkg:x'"),
+        (
+            "normalisation",
+            "x",
+            nn.Identity,
+            BlockParams,
+            "d",
+            r"kind must be one of family, norm, .* but got 'normalisation'",
+        ),
+        (
+            "norm",
+            "",
+            nn.Identity,
+            BlockParams,
+            "d",
+            r"norm block name must be a non-empty string without ':'",
+        ),
+        (
+            "norm",
+            "pkg:x",
+            nn.Identity,
+            BlockParams,
+            "d",
+            r"without ':' or surrounding spaces, but got 'pkg:x'",
+        ),
         ("norm", " x", nn.Identity, BlockParams, "d", r"but got ' x'"),
         ("norm", 3, nn.Identity, BlockParams, "d", r"but got 3"),
-        ("norm", "x", "nn.Identity", BlockParams, "d", r"norm block 'x': factory must be callable, but got str"),
-        ("norm", "x", nn.Identity, BaseModel, "d", r"params must be a subclass of idmzoo.BlockParams, but got <class 'pydantic.main.BaseModel'>"),
-        ("norm", "x", nn.Identity, WidthParams(type="x"), "d", r"params must be a subclass of idmzoo.BlockParams"),
-        ("norm", "x", nn.Identity, BlockParams, "  ", r"norm block 'x': description must be a non-empty string"),
+        (
+            "norm",
+            "x",
+            "nn.Identity",
+            BlockParams,
+            "d",
+            r"norm block 'x': factory must be callable, but got str",
+        ),
+        (
+            "norm",
+            "x",
+            nn.Identity,
+            BaseModel,
+            "d",
+            r"params must be a subclass of idmzoo.BlockParams, but got <class 'pydantic.main.BaseModel'>",
+        ),
+        (
+            "norm",
+            "x",
+            nn.Identity,
+            WidthParams(type="x"),
+            "d",
+            r"params must be a subclass of idmzoo.BlockParams",
+        ),
+        (
+            "norm",
+            "x",
+            nn.Identity,
+            BlockParams,
+            "  ",
+            r"norm block 'x': description must be a non-empty string",
+        ),
     ],
 )
-def test_invalid_registrations_are_refused_and_leave_nothing(kind, name, factory, params, description, message):
+def test_invalid_registrations_are_refused_and_leave_nothing(
+    kind, name, factory, params, description, message
+):
     registry = BlockRegistry(discover=False)
     with pytest.raises(InvalidBlockError, match=message):
         registry.register(kind, name, factory, params, description, package="pkg")
@@ -160,9 +213,13 @@ def test_unknown_name_mentions_plugins_that_failed_to_load():
         registry.get("norm", "fancy_norm")
 
 
-@pytest.mark.parametrize("call", [lambda r: r.get("norms", "x"), lambda r: r.list("norms"), lambda r: r.unregister("norms", "x")])
+@pytest.mark.parametrize(
+    "call", [lambda r: r.get("norms", "x"), lambda r: r.list("norms"), lambda r: r.unregister("norms", "x")]
+)
 def test_unknown_kind_is_named_with_the_valid_ones(call):
-    with pytest.raises(UnknownBlockError, match=r"unknown block kind 'norms'; valid kinds: family, norm, resblock"):
+    with pytest.raises(
+        UnknownBlockError, match=r"unknown block kind 'norms'; valid kinds: family, norm, resblock"
+    ):
         call(BlockRegistry(discover=False))
 
 
@@ -198,7 +255,9 @@ def test_global_listing_survives_registration_during_iteration():
     try:
         for info in idmzoo.list_blocks("norm"):
             name = f"test_copy_of_{info.name}"
-            idmzoo.register_block("norm", name, info.factory, params=BlockParams, description="d", package="t")
+            idmzoo.register_block(
+                "norm", name, info.factory, params=BlockParams, description="d", package="t"
+            )
             added.append(name)
         assert set(added) <= set(REGISTRY.names("norm"))
     finally:
@@ -285,13 +344,21 @@ def test_lookups_from_other_threads_wait_for_plugin_discovery(monkeypatch):
 
 
 def test_spec_validation_follows_override_and_unregister():
-    base = {"in_channels": 1, "model_channels": 8, "out_channels": 1, "num_res_blocks": 1, "channel_mult": [1]}
+    base = {
+        "in_channels": 1,
+        "model_channels": 8,
+        "out_channels": 1,
+        "num_res_blocks": 1,
+        "channel_mult": [1],
+    }
     spec = {**base, "norm": {"type": "test_width_norm", "width": 2}}
     REGISTRY.register("norm", "test_width_norm", nn.Identity, BlockParams, "no params", package="t")
     try:
         with pytest.raises(ValidationError, match=r"norm\.width\n  Extra inputs are not permitted"):
             idmzoo.load_spec(spec)
-        REGISTRY.register("norm", "test_width_norm", nn.Identity, WidthParams, "a width", package="t", override=True)
+        REGISTRY.register(
+            "norm", "test_width_norm", nn.Identity, WidthParams, "a width", package="t", override=True
+        )
         assert idmzoo.load_spec(spec).norm.width == 2
     finally:
         REGISTRY.unregister("norm", "test_width_norm")

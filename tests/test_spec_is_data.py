@@ -34,7 +34,15 @@ BASE: dict[str, Any] = {
 }
 CANARY = "idmzoo_canary_module"
 #: Audit events that would mean a spec made idmzoo run code or touch the system.
-FORBIDDEN_EVENTS = ("import", "exec", "compile", "open", "builtins.input", "pickle.find_class", "marshal.loads")
+FORBIDDEN_EVENTS = (
+    "import",
+    "exec",
+    "compile",
+    "open",
+    "builtins.input",
+    "pickle.find_class",
+    "marshal.loads",
+)
 FORBIDDEN_PREFIXES = ("os.", "subprocess.", "socket.", "shutil.", "ctypes.", "urllib.", "importlib.")
 
 _recording: list[tuple[str, str]] | None = None
