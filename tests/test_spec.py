@@ -46,7 +46,7 @@ def no_module_construction(monkeypatch):
 @pytest.mark.parametrize(
     ("change", "loc", "message"),
     [
-        ({"norm": {"type": "group_norm"}}, ("norm", "type"), r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'\?"),
+        ({"norm": {"type": "group_norm"}}, ("norm", "type"), r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'"),
         ({"attention": {"type": "legacy_attention", "num_heads": "four"}}, ("attention", "num_heads"), "valid integer"),
         ({"attention": {"type": "legacy_attention", "num_head": 4}}, ("attention", "num_head"), "Extra inputs"),
         ({"model_channels": 48}, ("norm", "num_groups"), "num_groups=32 does not divide 48 channels"),
