@@ -2,36 +2,75 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from ..registry import BlockParams, SiteCheckError
-from ..runtime import dot_product_attention
+from ..runtime import dot_product_attention, get_attention_backend
 from .context import BlockContext
 from .layers import conv_nd, zero_module
 
 __all__ = [
+    "QKVOrder",
     "AttentionParams",
     "AttentionBlock",
     "LegacyOrderAttention",
     "SplitOrderAttention",
-    "split_qkv_first",
-    "attend",
+    "self_attention",
 ]
 
+#: How the ``3 * C`` channels of the qkv projection are grouped: ``"heads_first"``
+#: (improved-diffusion: per head, then q|k|v) or ``"qkv_first"`` (guided-diffusion's
+#: new order: q|k|v, then per head).
+QKVOrder = Literal["heads_first", "qkv_first"]
 
-def split_qkv_first(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[B, 3*C, T]`` laid out as (q|k|v, head, channel) → q, k, v each ``[B, H, C/H, T]``."""
+
+def _split(qkv: torch.Tensor, heads: int, order: QKVOrder, axis: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v of a qkv projection whose ``3 * C`` channels lie along ``axis`` (1 or 2)."""
+    groups = (heads, 3) if order == "heads_first" else (3, heads)
+    shape = (*qkv.shape[:axis], *groups, -1, *qkv.shape[axis + 1 :])
+    return qkv.reshape(shape).unbind(axis + (1 if order == "heads_first" else 0))
+
+
+def _attention_over_channels(qkv: torch.Tensor, heads: int, order: QKVOrder) -> torch.Tensor:
+    """``[B, 3C, T]`` → ``[B, C, T]`` as the reference computes it (its einsum layout)."""
     b, _, t = qkv.shape
-    q, k, v = qkv.reshape(b, 3, num_heads, -1, t).unbind(1)
-    return q, k, v
+    q, k, v = (z.transpose(-1, -2) for z in _split(qkv, heads, order, axis=1))  # [B, H, T, C/H]
+    return dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, -1, t)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention of ``[B, H, C/H, T]`` q, k, v, merged back to ``[B, C, T]``."""
-    h = dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-    return h.transpose(-1, -2).reshape(q.shape[0], -1, q.shape[-1])  # [B, H, T, C/H] → [B, C, T]
+def _attention_over_tokens(qkv: torch.Tensor, heads: int, order: QKVOrder) -> torch.Tensor:
+    """``[B, T, 3C]`` → ``[B, T, C]``: every head's channels are contiguous, as fused kernels want."""
+    b, t, _ = qkv.shape
+    q, k, v = (z.transpose(1, 2) for z in _split(qkv, heads, order, axis=2))  # [B, H, T, C/H]
+    return dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+
+
+def _pointwise(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``Conv1d`` applied to token-major ``[B, T, C]`` input: the same weights and maths."""
+    return F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
+
+
+def self_attention(
+    h: torch.Tensor, qkv: nn.Module, proj: nn.Module, heads: int, order: QKVOrder
+) -> torch.Tensor:
+    """``proj(attention(qkv(h)))`` of ``[B, C, T]`` features, with 1x1 ``Conv1d`` projections.
+
+    The ``"math"`` backend follows the reference op for op (channel-major, for
+    verification).  The default computes token-major: the projections become matmuls over
+    ``[B, T, C]`` and each head's q, k, v are unit-stride views, so SDPA runs its fused
+    kernel without copying them; for a ``channels_last`` input no copy is made at all.
+    The result is ``[B, C', T]``, possibly a transposed view.
+    """
+    if get_attention_backend() == "math":
+        return proj(_attention_over_channels(qkv(h), heads, order))
+    tokens = h.transpose(1, 2)  # [B, T, C]
+    out = _attention_over_tokens(_pointwise(qkv, tokens), heads, order)
+    return _pointwise(proj, out).transpose(1, 2)
 
 
 class AttentionParams(BlockParams):
@@ -70,10 +109,14 @@ class AttentionParams(BlockParams):
 class AttentionBlock(nn.Module):
     """norm → 1x1 conv to q, k, v → multi-head attention → zero-initialised 1x1 conv, residual.
 
-    Subclasses fix how the ``3 * channels`` qkv projection is split into heads; that is
-    the only difference between the improved-diffusion and the newer guided-diffusion
-    checkpoints.  The kernel is chosen at run time (:func:`idmzoo.attention_backend`).
+    Subclasses fix how the ``3 * channels`` qkv projection is split into heads
+    (:data:`QKVOrder`); that is the only difference between the improved-diffusion and
+    the newer guided-diffusion checkpoints.  The kernel is chosen at run time
+    (:func:`idmzoo.attention_backend`).
     """
+
+    #: Channel grouping of the qkv projection; subclasses choose.
+    qkv_order: QKVOrder
 
     def __init__(
         self,
@@ -97,28 +140,20 @@ class AttentionBlock(nn.Module):
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[B, 3*C, T]`` → q, k, v, each ``[B, heads, C/heads, T]``."""
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         h = self.norm(x).reshape(b, c, -1)  # [B, C, T]
-        h = self.proj_out(attend(*self.split_heads(self.qkv(h))))
+        h = self_attention(h, self.qkv, self.proj_out, self.num_heads, self.qkv_order)
         return x + h.reshape(b, c, *spatial)  # the residual keeps x's memory format
 
 
 class LegacyOrderAttention(AttentionBlock):
     """improved-diffusion's layout: the qkv channels are grouped by head first, then q/k/v."""
 
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, _, t = qkv.shape
-        q, k, v = qkv.reshape(b, self.num_heads, 3, -1, t).unbind(2)
-        return q, k, v
+    qkv_order: QKVOrder = "heads_first"
 
 
 class SplitOrderAttention(AttentionBlock):
     """guided-diffusion's ``use_new_attention_order``: split q/k/v first, then heads."""
 
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return split_qkv_first(qkv, self.num_heads)
+    qkv_order: QKVOrder = "qkv_first"

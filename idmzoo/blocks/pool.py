@@ -12,7 +12,7 @@ import torch.nn as nn
 from pydantic import Field, PositiveInt
 
 from ..registry import BlockParams, SiteCheckError
-from .attention import attend, split_qkv_first
+from .attention import self_attention
 from .context import BlockContext
 from .layers import conv_nd, zero_module
 
@@ -90,8 +90,7 @@ class AttentionPool(nn.Module):
         x = x.reshape(b, c, -1)  # [B, C, T]
         x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)  # [B, C, T+1]
         x = x + self.positional_embedding[None].to(x.dtype)
-        h = attend(*split_qkv_first(self.qkv_proj(x), self.num_heads))
-        return self.c_proj(h)[:, :, 0]
+        return self_attention(x, self.qkv_proj, self.c_proj, self.num_heads, "qkv_first")[:, :, 0]
 
 
 class AttentionPoolHead(nn.Sequential):
