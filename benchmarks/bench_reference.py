@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import subprocess
 import sys
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-repo", type=Path, required=True, help="a clone of openai/improved-diffusion")
     parser.add_argument("--config", choices=sorted(REFERENCE_KWARGS), default="cifar10")
+    parser.add_argument(
+        "--checkpointing", action="store_true",
+        help="also compare the original use_checkpoint=True with idmzoo's checkpointing='all'",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the best is kept")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args(argv)
@@ -89,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         models = {"original code": reference_cls(**kwargs)}
         models["original code"].load_state_dict(ours.state_dict())
         models["idmzoo default"] = ours
+        if args.checkpointing:
+            models["original code, use_checkpoint"] = reference_cls(**kwargs, use_checkpoint=True)
+            models["original code, use_checkpoint"].load_state_dict(ours.state_dict())
+            models["idmzoo, checkpointing all"] = copy.deepcopy(ours)
+            models["idmzoo, checkpointing all"].set_checkpointing("all")
         x, t = torch.randn(batch, 3, resolution, resolution), torch.randint(0, 1000, (batch,)).float()
         with torch.no_grad():
             models["original code"].eval(), ours.eval()

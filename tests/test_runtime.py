@@ -286,6 +286,20 @@ def test_model_traces_as_one_graph(spec, checkpointing):
     out.square().mean().backward()
 
 
+def test_compiled_model_keeps_the_input_checks():
+    torch._dynamo.reset()
+    model = randomised(idmzoo.build(TINY_ADM)).eval()
+    args = inputs(TINY_ADM)
+    compiled = torch.compile(model, backend="eager")
+    compiled(**args)
+    with pytest.raises(ValueError, match=r"a class-conditional model needs labels y of shape \[2\]"):
+        compiled(args["x"], args["timesteps"])
+    torch._dynamo.reset()
+    fullgraph = torch.compile(model, fullgraph=True, backend="eager")  # no break, the message survives
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="a class-conditional model needs labels y"):
+        fullgraph(args["x"], args["timesteps"])
+
+
 @pytest.mark.slow
 def test_inductor_compiled_model_matches_eager():
     torch._dynamo.reset()
