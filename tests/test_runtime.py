@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import idmzoo
+from idmzoo.blocks.layers import ThresholdDropout
 from idmzoo.blocks.norm import GroupNorm32
 
 #: A small U-Net with every block kind: attention at 4x4 on a 8x8 input, dropout on.
@@ -171,6 +172,26 @@ def test_group_norm_under_autocast_computes_in_float32(dtype):
         out = norm(x)
     assert out.dtype == dtype
     assert torch.equal(out, F.group_norm(x.float(), 32, norm.weight, norm.bias).to(dtype))
+
+
+# Dropout -----------------------------------------------------------------------------
+
+
+def test_threshold_dropout_is_inverted_dropout_with_a_boolean_mask():
+    dropout = ThresholdDropout(p=0.3)
+    x = torch.ones(400, 1000, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = dropout(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 4 * (0.7 * 0.3 / x.numel()) ** 0.5  # Bernoulli(0.7)
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert [t.dtype for t in saved] == [torch.bool]  # 1 byte per element kept for backward
+    out.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.7)
+    dropout.eval()
+    assert dropout(x) is x
 
 
 # Gradient checkpointing ------------------------------------------------------------

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..registry import BlockParams
 from .context import BlockContext
-from .layers import conv_nd, zero_module
+from .layers import ThresholdDropout, conv_nd, zero_module
 from .resample import Downsample, Upsample
 from .timestep import TimestepBlock
 
@@ -78,7 +78,7 @@ class ResBlock(TimestepBlock):
         self.out_layers = nn.Sequential(
             ctx.make_norm(out_channels),
             nn.SiLU(),
-            nn.Dropout(p=ctx.dropout),
+            ThresholdDropout(p=ctx.dropout),
             zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1)),
         )
         if out_channels == channels:
