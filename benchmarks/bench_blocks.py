@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from memory import peak_allocated_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
 import idmzoo
-from memory import peak_allocated_bytes
 
 __all__ = ["CONFIGS", "Variant", "VARIANTS", "benchmark_spec", "Bench", "dense_matmul_flops", "machine"]
 
@@ -159,7 +159,11 @@ def machine() -> dict[str, str]:
     model = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         model = names[0] if names else model
     return {
         "cpu": model,
@@ -225,10 +229,14 @@ def print_table(result: dict) -> None:
         f"{result['config']}: batch {result['batch']}, {result['resolution']}px, "
         f"{result['parameters'] / 1e6:.1f}M parameters, {result['train_flops'] / 1e9:.1f} GFLOP per training step"
     )
-    print(f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; "
-          f"dense matmul {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(
+        f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; "
+        f"dense matmul {result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"
+    )
     print("ratios: ×ref against the reference-style path, ×def against the default (checkpointing off)")
-    print("| variant | forward s | ×ref | fwd+bwd s | ×ref | ×def | peak MiB | ×ref | ×def | GFLOP/s | of matmul |")
+    print(
+        "| variant | forward s | ×ref | fwd+bwd s | ×ref | ×def | peak MiB | ×ref | ×def | GFLOP/s | of matmul |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in result["variants"].items():
         print(
@@ -244,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="cifar10", help=f"{' | '.join(CONFIGS)} | a spec file")
     parser.add_argument("--batch", type=int, help="batch size (default: the configuration's)")
     parser.add_argument("--resolution", type=int, help="input side length (default: the configuration's)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the best is kept")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -24,23 +24,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from memory import peak_allocated_bytes
 
 import idmzoo
 from idmzoo.reference import spec_from_reference
-from memory import peak_allocated_bytes
 
-#: improved-diffusion ``UNetModel`` arguments of the configurations of bench_blocks.py.
+#: improved-diffusion ``UNetModel`` arguments of the CIFAR-10 configuration of bench_blocks.py.
+_CIFAR10 = dict(
+    in_channels=3,
+    model_channels=128,
+    out_channels=6,
+    num_res_blocks=3,
+    attention_resolutions=(2, 4),
+    dropout=0.3,
+    channel_mult=(1, 2, 2, 2),
+    num_heads=4,
+    use_scale_shift_norm=True,
+)
+#: (arguments, batch, resolution) of bench_blocks.py's configurations.
 REFERENCE_KWARGS = {
-    "cifar10": (
-        dict(in_channels=3, model_channels=128, out_channels=6, num_res_blocks=3, attention_resolutions=(2, 4),
-             dropout=0.3, channel_mult=(1, 2, 2, 2), num_heads=4, use_scale_shift_norm=True),
-        4, 32,
-    ),
-    "attention": (
-        dict(in_channels=3, model_channels=64, out_channels=6, num_res_blocks=2, attention_resolutions=(2, 4),
-             dropout=0.3, channel_mult=(1, 2, 2, 2), num_heads=4, use_scale_shift_norm=True),
-        2, 64,
-    ),
+    "cifar10": (_CIFAR10, 4, 32),
+    "attention": ({**_CIFAR10, "model_channels": 64, "num_res_blocks": 2}, 2, 64),
 }
 _FILES = ("unet.py", "nn.py", "fp16_util.py")
 
@@ -53,7 +57,9 @@ def import_reference_unet(repo: Path, folder: Path) -> type[torch.nn.Module]:
     for name in _FILES:
         source = subprocess.run(
             ["git", f"--git-dir={_git_dir(repo)}", "show", f"HEAD:improved_diffusion/{name}"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         (package / name).write_text(source)
     sys.path.insert(0, str(folder))
@@ -72,10 +78,13 @@ def _seconds(work: Callable[[], object]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-repo", type=Path, required=True, help="a clone of openai/improved-diffusion")
+    parser.add_argument(
+        "--reference-repo", type=Path, required=True, help="a clone of openai/improved-diffusion"
+    )
     parser.add_argument("--config", choices=sorted(REFERENCE_KWARGS), default="cifar10")
     parser.add_argument(
-        "--checkpointing", action="store_true",
+        "--checkpointing",
+        action="store_true",
         help="also compare the original use_checkpoint=True with idmzoo's checkpointing='all'",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the best is kept")
@@ -125,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     base_time, base_peak = min(times["original code"]), peaks["original code"]
     for name in models:
-        print(f"| {name} | {min(times[name]):.3f} | {min(times[name]) / base_time:.2f} | "
-              f"{peaks[name] / 2**20:.0f} | {peaks[name] / base_peak:.2f} |")
+        print(
+            f"| {name} | {min(times[name]):.3f} | {min(times[name]) / base_time:.2f} | "
+            f"{peaks[name] / 2**20:.0f} | {peaks[name] / base_peak:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from bench_blocks import run
 
 HERE = Path(__file__).resolve().parent
@@ -34,8 +33,10 @@ def sweep(resolutions: list[int], repeats: int) -> list[dict]:
     for resolution in resolutions:
         result = run("attention", None, resolution, VARIANTS, repeats)
         results.append(result)
-        times = ", ".join(f"{k} {v['train_s']:.2f}s/{v['peak_train_bytes'] / 2**20:.0f}MiB"
-                          for k, v in result["variants"].items())
+        times = ", ".join(
+            f"{k} {v['train_s']:.2f}s/{v['peak_train_bytes'] / 2**20:.0f}MiB"
+            for k, v in result["variants"].items()
+        )
         print(f"{resolution}px (attention grid {resolution // 2}x{resolution // 2}): {times}", flush=True)
     return results
 
@@ -52,9 +53,15 @@ def plot(results: list[dict], out: Path) -> None:
     for name in VARIANTS:
         time_ax.plot(grids, [r["variants"][name]["train_s"] for r in results], "o-", label=LABELS[name])
         memory_ax.plot(
-            grids, [r["variants"][name]["peak_train_bytes"] / 2**20 for r in results], "o-", label=LABELS[name]
+            grids,
+            [r["variants"][name]["peak_train_bytes"] / 2**20 for r in results],
+            "o-",
+            label=LABELS[name],
         )
-    for ax, ylabel in ((time_ax, "forward+backward time (s)"), (memory_ax, "peak memory of a training step (MiB)")):
+    for ax, ylabel in (
+        (time_ax, "forward+backward time (s)"),
+        (memory_ax, "peak memory of a training step (MiB)"),
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(grids, [f"{g}x{g}" for g in grids])

@@ -19,20 +19,13 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import idmzoo
+from tests.test_runtime import TINY_ADM
 
 WORLD_SIZE = 2
 STEPS = 3
-#: Small, with attention and class labels; no dropout, whose masks depend on the process layout.
-SPEC = {
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 3,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 2],
-    "attention_resolutions": [2],
-    "num_classes": 3,
-    "resblock": {"type": "resblock", "use_scale_shift_norm": True},
-}
+#: Small, with every block kind and class labels; no dropout, whose masks depend on the
+#: process layout.
+SPEC = {**TINY_ADM, "dropout": 0.0}
 
 
 def initial_model() -> idmzoo.models.base.IdmzooModel:

@@ -77,7 +77,9 @@ def inputs(spec: dict, batch: int = 2, size: int = 8) -> dict[str, torch.Tensor]
     return args
 
 
-def gradients(model: torch.nn.Module, args: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+def gradients(
+    model: torch.nn.Module, args: dict[str, torch.Tensor], seed: int = 0
+) -> dict[str, torch.Tensor]:
     """The input's and every parameter's gradient of a fixed loss, with dropout seeded."""
     model.zero_grad(set_to_none=True)
     x = args["x"].clone().requires_grad_(True)
@@ -247,7 +249,10 @@ def saved_bytes(model: torch.nn.Module, args: dict[str, torch.Tensor]) -> int:
 def test_checkpointing_keeps_fewer_activations_for_backward():
     spec = {**TINY, "num_res_blocks": 2}
     args = inputs(spec, size=16)
-    saved = {mode: saved_bytes(idmzoo.build(spec, checkpointing=mode), args) for mode in ("none", "attention", "all")}
+    saved = {
+        mode: saved_bytes(idmzoo.build(spec, checkpointing=mode), args)
+        for mode in ("none", "attention", "all")
+    }
     assert saved["all"] < saved["attention"] < saved["none"]
     assert saved["all"] < 0.5 * saved["none"]
 

@@ -15,7 +15,9 @@ __all__ = ["GroupNormParams", "GroupNorm32"]
 class GroupNormParams(BlockParams):
     """Parameters of :class:`GroupNorm32`."""
 
-    num_groups: PositiveInt = Field(32, description="Number of channel groups; must divide every channel count.")
+    num_groups: PositiveInt = Field(
+        32, description="Number of channel groups; must divide every channel count."
+    )
     eps: PositiveFloat = Field(1e-5, description="Added to the variance for numerical stability.")
 
     def check(self, channels: int, stage: str) -> None:
