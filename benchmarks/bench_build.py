@@ -1,0 +1,50 @@
+"""How long building a spec takes on the meta device (no weights allocated).
+
+Times ``idmzoo.build(spec, device="meta")`` in this process (best of ``--repeats``), then
+the whole ``idmzoo build SPEC --device meta`` command, whose wall time is mostly Python
+start-up and ``import torch`` (timed alone for comparison).
+
+Usage::
+
+    python benchmarks/bench_build.py [--spec specs/adm_imagenet256_cond.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import idmzoo
+
+
+def _wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="specs/adm_imagenet256_cond.json", help="the spec file")
+    parser.add_argument("--repeats", type=int, default=5, help="timed builds; the best is kept")
+    args = parser.parse_args(argv)
+    idmzoo.build(args.spec, device="meta")  # plugin discovery and imports happen once
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model = idmzoo.build(args.spec, device="meta")
+        times.append(time.perf_counter() - start)
+    parameters = sum(p.numel() for p in model.parameters())
+    command = _wall(["idmzoo", "build", args.spec, "--device", "meta"])
+    torch_import = _wall([sys.executable, "-c", "import torch"])
+    print(f"{args.spec}: {parameters:,} parameters")
+    print(f"idmzoo.build(device='meta'): {min(times):.3f} s (best of {args.repeats})")
+    print(
+        f"`idmzoo build --device meta` command: {command:.2f} s wall, of which `import torch` alone takes {torch_import:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
