@@ -93,16 +93,20 @@ def test_attention_resolutions_are_normalised():
     assert spec.attention_resolutions == (1, 2)
 
 
+#: Above this size the round trip compares shapes on the meta device instead of weights.
+ROUND_TRIP_WEIGHTS_LIMIT = 5_000_000
+
+
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_every_spec_file_validates_round_trips_and_builds(path):
     spec = idmzoo.load_spec(path)
-    assert Spec.model_validate_json(spec.model_dump_json()) == spec
-    torch.manual_seed(0)
-    first = idmzoo.build(path).state_dict()
-    torch.manual_seed(0)
-    second = idmzoo.build(Spec.model_validate_json(spec.model_dump_json())).state_dict()
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    again = Spec.model_validate_json(spec.model_dump_json())
+    assert again == spec
+    shapes = [{k: v.shape for k, v in idmzoo.build(s, device="meta").state_dict().items()} for s in (spec, again)]
+    assert shapes[0] == shapes[1]
+    if sum(shape.numel() for shape in shapes[0].values()) <= ROUND_TRIP_WEIGHTS_LIMIT:
+        first, second = (idmzoo.build(s, seed=0).state_dict() for s in (spec, again))
+        assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_build_accepts_spec_dict_and_path(tmp_path):
