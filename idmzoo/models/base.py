@@ -118,6 +118,19 @@ class IdmzooModel(nn.Module):
         frequencies = timestep_embedding(timesteps, self.spec.model_channels)
         return self.time_embed(frequencies.to(self.time_embed[0].weight.dtype))
 
+    def encode(self, h: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the encoder path and the bottleneck on torso-dtype ``h``.
+
+        Returns:
+            The bottleneck output and the output of every encoder group, in order (the
+            U-Net's skip connections, the encoder heads' pooled features).
+        """
+        outputs = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            outputs.append(h)
+        return self.middle_block(h, emb), outputs
+
     def torso(self) -> list[nn.Module]:
         """The block containers that :meth:`convert_to_fp16` converts."""
         return [self.input_blocks, self.middle_block]

@@ -33,11 +33,5 @@ class EncoderUNetModel(IdmzooModel):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits of noisy ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``."""
         emb = self.embed(timesteps)
-        h = x.type(self.torso_dtype)
-        features = []
-        for block in self.input_blocks:
-            h = block(h, emb)
-            features.append(h)
-        h = self.middle_block(h, emb)
-        features.append(h)
-        return self.out(h.type(x.dtype), features)
+        h, features = self.encode(x.type(self.torso_dtype), emb)
+        return self.out(h.type(x.dtype), [*features, h])

@@ -62,12 +62,7 @@ class UNetModel(IdmzooModel):
             if y is None or y.shape != (x.shape[0],):
                 raise ValueError(f"a class-conditional model needs labels y of shape [{x.shape[0]}]")
             emb = emb + self.label_emb(y)
-        h = x.type(self.torso_dtype)
-        skips = []
-        for block in self.input_blocks:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.middle_block(h, emb)
+        h, skips = self.encode(x.type(self.torso_dtype), emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h.type(x.dtype))
