@@ -1,4 +1,4 @@
-"""Access to the reference fixtures: tensors the original improved-/guided-diffusion code produced."""
+"""Shared test data: the reference fixtures (tensors the original code produced) and small specs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,25 @@ def load_fixture(name: str) -> dict[str, Any]:
 def presets() -> list[dict[str, Any]]:
     """The 17 published configurations, with the parameter counts the reference produced."""
     return json.loads((FIXTURES / "reference" / "presets.json").read_text())["presets"]
+
+
+#: A small U-Net with every block kind: attention at 4x4 on a 8x8 input, dropout on.
+TINY = {
+    "in_channels": 3,
+    "model_channels": 32,
+    "out_channels": 3,
+    "num_res_blocks": 1,
+    "channel_mult": [1, 2],
+    "attention_resolutions": [2],
+    "dropout": 0.1,
+    "attention": {"type": "legacy_attention", "num_heads": 2},
+}
+#: guided-diffusion's blocks: resampling resblocks, split-order attention, FiLM, class labels.
+TINY_ADM = {
+    **TINY,
+    "num_classes": 3,
+    "resblock": {"type": "resblock", "use_scale_shift_norm": True},
+    "attention": {"type": "new_order_attention", "num_head_channels": 16},
+    "upsample": {"type": "resblock_up"},
+    "downsample": {"type": "resblock_down"},
+}

@@ -6,6 +6,7 @@ steps; their final parameters must match a single-process run on the whole batch
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import idmzoo
-from tests.test_runtime import TINY_ADM
+from tests.fixtures import TINY_ADM
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -63,23 +64,32 @@ def _worker(rank: int, mode: str, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     torch.set_num_threads(1)
     try:
-        model = initial_model()
-        if mode == "ddp":
-            wrapped: torch.nn.Module = DistributedDataParallel(model)
-        else:
-            mesh = init_device_mesh("cpu", (WORLD_SIZE,))
-            for block in [*model.input_blocks, model.middle_block, *model.output_blocks]:
-                fully_shard(block, mesh=mesh)
-            wrapped = fully_shard(model, mesh=mesh)
-        train(wrapped, rank, WORLD_SIZE)
-        state = {
-            name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
-            for name, value in model.state_dict().items()
-        }
-        if rank == 0:
-            torch.save(state, out)
+        _train_and_save(rank, mode, out)
+        # The wrappers are gone now; free them while the process group is still registered,
+        # so their last reference to it is not dropped holding the GIL (a known deadlock
+        # of the gloo process group's destructor).
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _train_and_save(rank: int, mode: str, out: str) -> None:
+    model = initial_model()
+    if mode == "ddp":
+        wrapped: torch.nn.Module = DistributedDataParallel(model)
+    else:
+        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        for block in [*model.input_blocks, model.middle_block, *model.output_blocks]:
+            fully_shard(block, mesh=mesh)
+        wrapped = fully_shard(model, mesh=mesh)
+    train(wrapped, rank, WORLD_SIZE)
+    state = {
+        name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
+        for name, value in model.state_dict().items()
+    }
+    if rank == 0:
+        torch.save(state, out)
 
 
 def free_port() -> int:

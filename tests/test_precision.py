@@ -6,16 +6,9 @@ import torch
 
 import idmzoo
 from idmzoo.blocks.norm import GroupNorm32
+from tests.fixtures import TINY
 
-SPEC = {
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 3,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 2],
-    "attention_resolutions": [2],
-    "num_classes": 4,
-}
+SPEC = {**TINY, "dropout": 0.0, "num_classes": 4}
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:

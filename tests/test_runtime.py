@@ -15,27 +15,8 @@ from torch.utils._pytree import tree_leaves
 import idmzoo
 from idmzoo.blocks.layers import ThresholdDropout
 from idmzoo.blocks.norm import GroupNorm32
+from tests.fixtures import TINY, TINY_ADM
 
-#: A small U-Net with every block kind: attention at 4x4 on a 8x8 input, dropout on.
-TINY = {
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 3,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 2],
-    "attention_resolutions": [2],
-    "dropout": 0.1,
-    "attention": {"type": "legacy_attention", "num_heads": 2},
-}
-#: guided-diffusion's blocks: resampling resblocks, split-order attention, FiLM, class labels.
-TINY_ADM = {
-    **TINY,
-    "num_classes": 3,
-    "resblock": {"type": "resblock", "use_scale_shift_norm": True},
-    "attention": {"type": "new_order_attention", "num_head_channels": 16},
-    "upsample": {"type": "resblock_up"},
-    "downsample": {"type": "resblock_down"},
-}
 TINY_ENCODER = {
     **TINY,
     "family": {"type": "encoder_unet"},

@@ -13,18 +13,12 @@ from pydantic import ValidationError
 import idmzoo
 from idmzoo import Spec
 from idmzoo.reference import spec_from_reference
-from tests.fixtures import fixture_index
+from tests.fixtures import TINY, fixture_index
 
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.json"))
 
-BASE = {
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 3,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 2],
-    "attention_resolutions": [2],
-}
+#: Attention at 64 channels in the encoder and decoder; the error messages below quote them.
+BASE = {**TINY, "attention": {"type": "legacy_attention"}, "dropout": 0.0}
 
 
 def errors_of(data: dict) -> list[dict]:
