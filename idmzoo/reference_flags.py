@@ -456,12 +456,9 @@ def _unsupported(
     return FlagError(f"unsupported {what} {size} for {where}; supported: {sizes}{hint}")
 
 
-def _idm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
-    size = a["image_size"]
-    table = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
-    if size not in table:
-        raise _unsupported("image_size", size, sorted(table), "improved-diffusion create_model")
-    return "UNetModel", {
+def _idm_unet_kwargs(a: Mapping[str, object], size: int, channel_mult: tuple[int, ...]) -> dict:
+    """The kwargs improved-diffusion's create_model and sr_create_model both pass."""
+    return {
         "in_channels": 3,
         "model_channels": a["num_channels"],
         "out_channels": 6 if a["learn_sigma"] else 3,
@@ -470,13 +467,21 @@ def _idm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
             "attention_resolutions", a["attention_resolutions"], size
         ),
         "dropout": a["dropout"],
-        "channel_mult": list(table[size]),
+        "channel_mult": list(channel_mult),
         "num_classes": NUM_CLASSES if a["class_cond"] else None,
         "use_checkpoint": a["use_checkpoint"],
         "num_heads": a["num_heads"],
         "num_heads_upsample": a["num_heads_upsample"],
         "use_scale_shift_norm": a["use_scale_shift_norm"],
     }
+
+
+def _idm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
+    size = a["image_size"]
+    table = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+    if size not in table:
+        raise _unsupported("image_size", size, sorted(table), "improved-diffusion create_model")
+    return "UNetModel", _idm_unet_kwargs(a, size, table[size])
 
 
 def _idm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
@@ -484,22 +489,7 @@ def _idm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
     table = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
     if size not in table:
         raise _unsupported("large_size", size, sorted(table), "improved-diffusion sr_create_model")
-    return "SuperResModel", {
-        "in_channels": 3,
-        "model_channels": a["num_channels"],
-        "out_channels": 6 if a["learn_sigma"] else 3,
-        "num_res_blocks": a["num_res_blocks"],
-        "attention_resolutions": _attention_ds(
-            "attention_resolutions", a["attention_resolutions"], size
-        ),
-        "dropout": a["dropout"],
-        "channel_mult": list(table[size]),
-        "num_classes": NUM_CLASSES if a["class_cond"] else None,
-        "use_checkpoint": a["use_checkpoint"],
-        "num_heads": a["num_heads"],
-        "num_heads_upsample": a["num_heads_upsample"],
-        "use_scale_shift_norm": a["use_scale_shift_norm"],
-    }
+    return "SuperResModel", _idm_unet_kwargs(a, size, table[size])
 
 
 _ADM_CHANNEL_MULT = {
