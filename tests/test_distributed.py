@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from tests.fixtures import TINY_ADM
 
 WORLD_SIZE = 2
 STEPS = 3
+#: A hung process fails the test instead of the whole run.
+TIMEOUT_S = 300
 #: Small, with every block kind and class labels; no dropout, whose masks depend on the
 #: process layout.
 SPEC = {**TINY_ADM, "dropout": 0.0}
@@ -108,7 +111,13 @@ def single_process_result() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_process_training_matches_one_process(mode, single_process_result, tmp_path: Path):
     out = tmp_path / "state.pt"
-    mp.spawn(_worker, args=(mode, free_port(), str(out)), nprocs=WORLD_SIZE, join=True)
+    processes = mp.spawn(_worker, args=(mode, free_port(), str(out)), nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not processes.join(timeout=1):  # raises if a process failed
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD_SIZE} training processes did not finish within {TIMEOUT_S} s")
     state = torch.load(out, weights_only=True)
     initial = initial_model().state_dict()
     assert state.keys() == single_process_result.keys()
