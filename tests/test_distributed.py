@@ -7,8 +7,6 @@ steps; their final parameters must match a single-process run on the whole batch
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -62,9 +60,9 @@ def train(model: torch.nn.Module, rank: int, world_size: int) -> None:
         optimizer.zero_grad()
 
 
-def _worker(rank: int, mode: str, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+def _worker(rank: int, mode: str, rendezvous: str, out: str) -> None:
+    # A file rendezvous: no TCP port to pick, so no race with other programs for one.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
     torch.set_num_threads(1)
     try:
         _train_and_save(rank, mode, out)
@@ -95,12 +93,6 @@ def _train_and_save(rank: int, mode: str, out: str) -> None:
         torch.save(state, out)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def single_process_result() -> dict[str, torch.Tensor]:
     model = initial_model()
@@ -111,7 +103,8 @@ def single_process_result() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_process_training_matches_one_process(mode, single_process_result, tmp_path: Path):
     out = tmp_path / "state.pt"
-    processes = mp.spawn(_worker, args=(mode, free_port(), str(out)), nprocs=WORLD_SIZE, join=False)
+    rendezvous = str(tmp_path / "rendezvous")
+    processes = mp.spawn(_worker, args=(mode, rendezvous, str(out)), nprocs=WORLD_SIZE, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not processes.join(timeout=1):  # raises if a process failed
         if time.monotonic() > deadline:
