@@ -63,8 +63,9 @@ def self_attention(
     The ``"math"`` backend follows the reference op for op (channel-major, for
     verification).  The default computes token-major: the projections become matmuls over
     ``[B, T, C]`` and each head's q, k, v are unit-stride views, so SDPA runs its fused
-    kernel without copying them; for a ``channels_last`` input no copy is made at all.
-    The result is ``[B, C', T]``, possibly a transposed view.
+    kernel without copying them; a ``channels_last`` input is already token-major, so the
+    only copy left is the merge of SDPA's per-head output.  The result is ``[B, C', T]``,
+    possibly a transposed view.
     """
     if get_attention_backend() == "math":
         return proj(_attention_over_channels(qkv(h), heads, order))
