@@ -24,6 +24,7 @@ TINY_ENCODER = {
     "out_channels": 5,
     "pool": {"type": "attention", "num_head_channels": 16},
 }
+TINY_SUPERRES = {**TINY_ADM, "family": {"type": "superres_unet"}}
 
 
 class OpRecorder(TorchDispatchMode):
@@ -55,6 +56,8 @@ def inputs(spec: dict, batch: int = 2, size: int = 8) -> dict[str, torch.Tensor]
     }
     if spec.get("num_classes"):
         args["y"] = torch.arange(batch) % spec["num_classes"]
+    if spec.get("family") == {"type": "superres_unet"}:
+        args["low_res"] = torch.randn(batch, spec["in_channels"], size // 2, size // 2, generator=generator)
     return args
 
 
@@ -255,7 +258,9 @@ def record_block_outputs(model: torch.nn.Module, seen: list[torch.Tensor]) -> li
     ]
 
 
-@pytest.mark.parametrize("spec", [TINY, TINY_ADM, TINY_ENCODER], ids=["idm", "adm", "encoder"])
+@pytest.mark.parametrize(
+    "spec", [TINY, TINY_ADM, TINY_SUPERRES, TINY_ENCODER], ids=["idm", "adm", "superres", "encoder"]
+)
 def test_channels_last_runs_end_to_end(spec):
     model = randomised(idmzoo.build(spec)).eval()
     args = inputs(spec)
@@ -278,7 +283,9 @@ def test_channels_last_runs_end_to_end(spec):
 # torch.compile -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [TINY, TINY_ADM, TINY_ENCODER], ids=["idm", "adm", "encoder"])
+@pytest.mark.parametrize(
+    "spec", [TINY, TINY_ADM, TINY_SUPERRES, TINY_ENCODER], ids=["idm", "adm", "superres", "encoder"]
+)
 @pytest.mark.parametrize("checkpointing", ["none", "all"])
 def test_model_traces_as_one_graph(spec, checkpointing):
     """fullgraph=True raises on any graph break; the eager backend keeps this fast."""
