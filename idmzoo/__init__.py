@@ -12,7 +12,15 @@ from .errors import (
     UnknownBlockError,
 )
 from .reference import spec_from_flags, spec_from_reference
-from .registry import BLOCK_KINDS, BlockInfo, BlockParams, SiteCheckError, get_block, list_blocks, register_block
+from .registry import (
+    BLOCK_KINDS,
+    BlockInfo,
+    BlockParams,
+    SiteCheckError,
+    get_block,
+    list_blocks,
+    register_block,
+)
 from .runtime import attention_backend, get_attention_backend, set_attention_backend
 from .schema import spec_schema
 from .spec import FamilyParams, Spec, load_spec
