@@ -42,7 +42,7 @@ def register_builtin_blocks() -> None:
                    description="Norm, SiLU, global average pool, zero-initialised 1x1 conv.")
     register_block("pool", "attention", pool.AttentionPoolHead, params=pool.AttentionPoolParams,
                    description="Norm, SiLU, CLIP-style attention pooling with learned positions.")
-    register_block("pool", "spatial", pool.SpatialPoolHead, params=pool.SpatialPoolParams,
+    register_block("pool", "spatial", pool.spatial_pool_head, params=pool.SpatialPoolParams,
                    description="Spatial means of every encoder block, then an MLP with ReLU.")
-    register_block("pool", "spatial_v2", pool.SpatialV2PoolHead, params=pool.SpatialV2PoolParams,
+    register_block("pool", "spatial_v2", pool.spatial_v2_pool_head, params=pool.SpatialV2PoolParams,
                    description="Spatial means of every encoder block, then an MLP with norm and SiLU.")

@@ -24,7 +24,8 @@ __all__ = [
     "AdaptivePoolHead",
     "AttentionPoolHead",
     "SpatialPoolHead",
-    "SpatialV2PoolHead",
+    "spatial_pool_head",
+    "spatial_v2_pool_head",
 ]
 
 _ADAPTIVE_POOLS: dict[int, type[nn.Module]] = {
@@ -130,47 +131,42 @@ class SpatialV2PoolParams(SpatialPoolParams):
 
 
 class SpatialPoolHead(nn.Sequential):
-    """Spatial means of every encoder block, concatenated → linear → ReLU → linear."""
-
-    def __init__(
-        self,
-        channels: int,
-        ctx: BlockContext,
-        *,
-        out_channels: int,
-        feature_channels: int,
-        hidden_channels: int = 2048,
-        **_: int,
-    ) -> None:
-        super().__init__(
-            nn.Linear(feature_channels, hidden_channels),
-            nn.ReLU(),
-            nn.Linear(hidden_channels, out_channels),
-        )
+    """Spatial means of every encoder block and the bottleneck, concatenated, then its layers."""
 
     def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         return super().forward(_spatial_means(features, h.dtype))
 
 
-class SpatialV2PoolHead(nn.Sequential):
-    """Like :class:`SpatialPoolHead` with norm → SiLU instead of ReLU."""
+def spatial_pool_head(
+    channels: int,
+    ctx: BlockContext,
+    *,
+    out_channels: int,
+    feature_channels: int,
+    hidden_channels: int = 2048,
+    **_: int,
+) -> SpatialPoolHead:
+    """guided-diffusion's ``spatial`` head: linear → ReLU → linear."""
+    return SpatialPoolHead(
+        nn.Linear(feature_channels, hidden_channels),
+        nn.ReLU(),
+        nn.Linear(hidden_channels, out_channels),
+    )
 
-    def __init__(
-        self,
-        channels: int,
-        ctx: BlockContext,
-        *,
-        out_channels: int,
-        feature_channels: int,
-        hidden_channels: int = 2048,
-        **_: int,
-    ) -> None:
-        super().__init__(
-            nn.Linear(feature_channels, hidden_channels),
-            ctx.make_norm(hidden_channels),
-            nn.SiLU(),
-            nn.Linear(hidden_channels, out_channels),
-        )
 
-    def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        return super().forward(_spatial_means(features, h.dtype))
+def spatial_v2_pool_head(
+    channels: int,
+    ctx: BlockContext,
+    *,
+    out_channels: int,
+    feature_channels: int,
+    hidden_channels: int = 2048,
+    **_: int,
+) -> SpatialPoolHead:
+    """guided-diffusion's ``spatial_v2`` head: linear → norm → SiLU → linear."""
+    return SpatialPoolHead(
+        nn.Linear(feature_channels, hidden_channels),
+        ctx.make_norm(hidden_channels),
+        nn.SiLU(),
+        nn.Linear(hidden_channels, out_channels),
+    )
