@@ -456,8 +456,8 @@ def _unsupported(
     return FlagError(f"unsupported {what} {size} for {where}; supported: {sizes}{hint}")
 
 
-def _idm_unet_kwargs(a: Mapping[str, object], size: int, channel_mult: tuple[int, ...]) -> dict:
-    """The kwargs improved-diffusion's create_model and sr_create_model both pass."""
+def _unet_kwargs(a: Mapping[str, object], size: int, channel_mult: Sequence[float]) -> dict:
+    """The U-Net kwargs every create_model / sr_create_model of both libraries passes."""
     return {
         "in_channels": 3,
         "model_channels": a["num_channels"],
@@ -481,7 +481,7 @@ def _idm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
     table = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
     if size not in table:
         raise _unsupported("image_size", size, sorted(table), "improved-diffusion create_model")
-    return "UNetModel", _idm_unet_kwargs(a, size, table[size])
+    return "UNetModel", _unet_kwargs(a, size, table[size])
 
 
 def _idm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
@@ -489,7 +489,16 @@ def _idm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
     table = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
     if size not in table:
         raise _unsupported("large_size", size, sorted(table), "improved-diffusion sr_create_model")
-    return "SuperResModel", _idm_unet_kwargs(a, size, table[size])
+    return "SuperResModel", _unet_kwargs(a, size, table[size])
+
+
+def _adm_only_kwargs(a: Mapping[str, object]) -> dict:
+    """The U-Net kwargs guided-diffusion's create_model and sr_create_model add to those."""
+    return {
+        "use_fp16": a["use_fp16"],
+        "num_head_channels": a["num_head_channels"],
+        "resblock_updown": a["resblock_updown"],
+    }
 
 
 _ADM_CHANNEL_MULT = {
@@ -522,23 +531,8 @@ def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
             ) from None
     return "UNetModel", {
         "image_size": size,
-        "in_channels": 3,
-        "model_channels": a["num_channels"],
-        "out_channels": 6 if a["learn_sigma"] else 3,
-        "num_res_blocks": a["num_res_blocks"],
-        "attention_resolutions": _attention_ds(
-            "attention_resolutions", a["attention_resolutions"], size
-        ),
-        "dropout": a["dropout"],
-        "channel_mult": channel_mult,
-        "num_classes": NUM_CLASSES if a["class_cond"] else None,
-        "use_checkpoint": a["use_checkpoint"],
-        "use_fp16": a["use_fp16"],
-        "num_heads": a["num_heads"],
-        "num_head_channels": a["num_head_channels"],
-        "num_heads_upsample": a["num_heads_upsample"],
-        "use_scale_shift_norm": a["use_scale_shift_norm"],
-        "resblock_updown": a["resblock_updown"],
+        **_unet_kwargs(a, size, channel_mult),
+        **_adm_only_kwargs(a),
         "use_new_attention_order": a["use_new_attention_order"],
     }
 
@@ -551,23 +545,8 @@ def _adm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
         raise _unsupported("large_size", size, sorted(table), "guided-diffusion sr_create_model")
     return "SuperResModel", {
         "image_size": size,
-        "in_channels": 3,
-        "model_channels": a["num_channels"],
-        "out_channels": 6 if a["learn_sigma"] else 3,
-        "num_res_blocks": a["num_res_blocks"],
-        "attention_resolutions": _attention_ds(
-            "attention_resolutions", a["attention_resolutions"], size
-        ),
-        "dropout": a["dropout"],
-        "channel_mult": list(table[size]),
-        "num_classes": NUM_CLASSES if a["class_cond"] else None,
-        "use_checkpoint": a["use_checkpoint"],
-        "num_heads": a["num_heads"],
-        "num_head_channels": a["num_head_channels"],
-        "num_heads_upsample": a["num_heads_upsample"],
-        "use_scale_shift_norm": a["use_scale_shift_norm"],
-        "resblock_updown": a["resblock_updown"],
-        "use_fp16": a["use_fp16"],
+        **_unet_kwargs(a, size, table[size]),
+        **_adm_only_kwargs(a),
     }
 
 
