@@ -6,7 +6,6 @@ registry (where specs look names up) and removes it afterwards.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -233,7 +232,7 @@ def test_every_shipped_spec_passes_the_shape_check(path):
     check_block_shapes(idmzoo.build(path, device="meta"))
 
 
-def test_shape_check_of_a_550m_parameter_model_is_cheap():
+def test_shape_check_of_a_550m_parameter_model_allocates_no_weights():
     spec = idmzoo.spec_from_flags(
         "guided-diffusion",
         "--attention_resolutions 32,16,8 --class_cond True --image_size 256 --learn_sigma True "
@@ -242,7 +241,5 @@ def test_shape_check_of_a_550m_parameter_model_is_cheap():
     )
     model = idmzoo.build(spec, device="meta")
     assert sum(p.numel() for p in model.parameters()) > 550_000_000
-    check_block_shapes(model)  # warm-up: the meta kernels are imported on first use
-    start = time.perf_counter()
-    check_block_shapes(model)
-    assert time.perf_counter() - start < 5.0  # ~0.3 s on an idle core; generous for shared CI
+    check_block_shapes(model)  # its cost is measured by benchmarks/bench_build.py
+    assert all(t.is_meta for t in model.state_dict().values())

@@ -3,8 +3,9 @@
 Most tests install throwaway distributions the cheap way, as a ``*.dist-info`` folder on
 ``sys.path`` (which is all :mod:`importlib.metadata` looks at), and load them into a fresh
 :class:`BlockRegistry`.  The ``slow`` ones build real distributions from a
-``pyproject.toml``, ``pip install`` them into this interpreter's environment and look at
-them through the ``idmzoo`` console script, as a user would.
+``pyproject.toml``, ``pip install --target`` them into a throwaway folder (never into
+this interpreter's environment) and look at them through the ``idmzoo`` console script,
+with that folder on ``PYTHONPATH``, as a user would.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import idmzoo
 from idmzoo import IdmzooPluginWarning, PluginLoadError, UnknownBlockError
 from idmzoo.plugins import ENTRY_POINT_GROUP
 from idmzoo.registry import REGISTRY, BlockRegistry
-from tests.cli_runner import pip, run_idmzoo, run_python
+from tests.cli_runner import pip_install, run_idmzoo, run_python, throwaway_site
 
 #: Registers a norm block ``{name}``; ``{extra}`` runs after it (to fail half-way).
 NORM_PLUGIN = """
@@ -305,17 +306,16 @@ def test_pip_installed_plugin_is_listed_builds_and_leaves_when_uninstalled(tmp_p
         "model = idmzoo.build(sys.argv[1])\n"
         "print(list(model(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0])).shape))\n"
     )
-    pip("install", "--no-build-isolation", write_distribution(tmp_path, dist, THROWAWAY_UPSAMPLER))
-    try:
-        record = listed(run_idmzoo("list-blocks", "--json"))["upsample:throwaway_up"]
+    with throwaway_site(tmp_path) as site:
+        pip_install(site, write_distribution(tmp_path, dist, THROWAWAY_UPSAMPLER))
+        record = listed(run_idmzoo("list-blocks", "--json", PYTHONPATH=str(site)))["upsample:throwaway_up"]
         assert (record["package"], record["description"]) == (dist, "A throwaway upsampler from a test.")
-        ran = run_python(forward, spec)
+        ran = run_python(forward, spec, PYTHONPATH=str(site))
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.split() == ["[2,", "3,", "8,", "8]"]
-        built = run_idmzoo("build", spec, "--device", "meta")
+        built = run_idmzoo("build", spec, "--device", "meta", PYTHONPATH=str(site))
         assert built.returncode == 0 and "throwaway_up x1" in built.stdout, built.stderr
-    finally:
-        pip("uninstall", "-y", dist)
+    assert not site.exists()
     assert "upsample:throwaway_up" not in listed(run_idmzoo("list-blocks", "--json"))
     invalid = run_idmzoo("validate", spec)
     assert invalid.returncode == 2
@@ -332,11 +332,9 @@ def test_pip_installed_broken_and_clashing_plugins_are_named_and_listing_still_w
         write_distribution(tmp_path, first, clash),
         write_distribution(tmp_path, second, clash),
     ]
-    pip("install", "--no-build-isolation", *folders)
-    try:
-        result = run_idmzoo("list-blocks")
-    finally:
-        pip("uninstall", "-y", broken, first, second)
+    with throwaway_site(tmp_path) as site:
+        pip_install(site, *folders)
+        result = run_idmzoo("list-blocks", PYTHONPATH=str(site))
     assert result.returncode == 0
     rows = [line.split()[:3] for line in result.stdout.splitlines()]
     assert ["norm", "group_norm32", "idmzoo"] in rows
@@ -346,6 +344,30 @@ def test_pip_installed_broken_and_clashing_plugins_are_named_and_listing_still_w
     assert re.search(rf"^warning: idmzoo skipped plugin '{broken}' .*ImportError: no module named missing_dep", warned[0])
     assert re.search(rf"^warning: idmzoo skipped plugin '{second}' .*by '{first}' and by '{second}'", warned[1])
     assert "Traceback" not in result.stderr
+
+
+def installed_distributions() -> list[dict[str, str]]:
+    """``pip list`` of the environment running the tests."""
+    listing = run_python("-m", "pip", "list", "--format=json")
+    assert listing.returncode == 0, listing.stderr
+    return sorted(json.loads(listing.stdout), key=lambda record: record["name"])
+
+
+@pytest.mark.slow
+def test_an_install_that_fails_half_way_leaves_the_running_environment_unchanged(tmp_path):
+    before = installed_distributions()
+    good = write_distribution(tmp_path, f"idmzoo-throwaway-{uuid.uuid4().hex[:8]}", THROWAWAY_UPSAMPLER)
+    unbuildable = write_distribution(tmp_path, f"idmzoo-throwaway-{uuid.uuid4().hex[:8]}-bad", "")
+    (unbuildable / "pyproject.toml").write_text("[project\nname = broken")  # not TOML: the build fails
+    with pytest.raises(RuntimeError, match="failed"), throwaway_site(tmp_path) as site:
+        pip_install(site, good, unbuildable)
+    assert not site.exists()
+    with pytest.raises(RuntimeError, match="half-way"), throwaway_site(tmp_path) as site:
+        pip_install(site, good)
+        assert installed_distributions() == before  # installed beside, not into, this environment
+        raise RuntimeError("the test failed half-way")
+    assert not site.exists()
+    assert installed_distributions() == before
 
 
 def norm_plugin_call(name: str) -> str:

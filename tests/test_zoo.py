@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -141,14 +140,12 @@ def test_unknown_model_suggests_the_closest_names():
 # -- meta device --------------------------------------------------------------------------
 
 
-def test_largest_zoo_models_build_on_meta_well_under_a_second():
-    idmzoo.create("adm_classifier64", device="meta")  # plugin discovery and imports happen once
+def test_largest_zoo_models_build_on_meta_without_allocating_weights():
+    # How fast that is, is measured by benchmarks/bench_build.py, not asserted here.
     for name in ("adm_imagenet256_cond", "adm_imagenet512_cond"):
-        start = time.perf_counter()
         model = idmzoo.create(name, device="meta")
-        seconds = time.perf_counter() - start
         assert parameter_count(model) == get_entry(name).param_count
-        assert seconds < 0.75, f"{name} took {seconds:.2f} s on meta"
+        assert all(t.is_meta for t in model.state_dict().values())
 
 
 def test_torch_device_context_builds_on_meta():
@@ -181,23 +178,6 @@ def test_cli_list_models_json_filters_by_pattern(capsys):
         p["name"]: p["param_count"] for p in PRESETS if p["name"].startswith("idm_")
     }
     assert records[0].keys() >= {"library", "kind", "family", "readme_flags", "checkpoints", "description"}
-
-
-def test_cli_builds_the_largest_256_model_on_meta_in_under_two_seconds():
-    # Best of three, so another process on the shared machine does not decide the outcome.
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        result = subprocess.run(
-            [str(CONSOLE_SCRIPT), "build", "specs/adm_imagenet256_cond.json", "--device", "meta"],
-            cwd=ROOT, capture_output=True, text=True, check=False,
-        )
-        timings.append(time.perf_counter() - start)
-        assert result.returncode == 0, result.stderr
-        assert f"{get_entry('adm_imagenet256_cond').param_count:,}" in result.stdout
-        if timings[-1] < 2.0:
-            break
-    assert min(timings) < 2.0, f"idmzoo build took {', '.join(f'{t:.2f}' for t in timings)} s"
 
 
 # -- packaging ----------------------------------------------------------------------------
