@@ -1,63 +1,133 @@
-"""idmzoo: the improved-diffusion / guided-diffusion U-Net as a config-driven zoo of registered blocks."""
+"""idmzoo: the improved-diffusion / guided-diffusion U-Net as a config-driven zoo of registered blocks.
 
-from .builder import build
-from .checkpoint import load_checkpoint
-from .errors import (
-    CheckpointError,
-    DuplicateBlockError,
-    IdmzooError,
-    IdmzooPluginWarning,
-    InvalidBlockError,
-    PluginLoadError,
-    UnknownBlockError,
-)
-from .reference import spec_from_flags, spec_from_reference
-from .registry import (
-    BLOCK_KINDS,
-    BlockInfo,
-    BlockParams,
-    SiteCheckError,
-    get_block,
-    list_blocks,
-    register_block,
-)
-from .runtime import attention_backend, get_attention_backend, set_attention_backend
-from .schema import spec_schema
-from .spec import FamilyParams, Spec, load_spec
-from .summary import ModelSummary, summarize
-from .zoo import create, list_models, zoo_spec
+Everything public is importable from here; nothing else is part of the API (the
+submodules are internal and may move).  The names load on first use (PEP 562), so
+``import idmzoo`` and the command line's ``--help``, ``--version`` and ``list-models`` do
+not import torch.
+
+For plugin authors: :func:`register_block`, :class:`BlockParams` and :class:`Place` (the
+validation hook's argument), :func:`check_divides`, :class:`BlockContext` (what a factory
+is given), :class:`TimestepBlock`, :class:`UNetLayout`/:class:`Site`, and the layer
+helpers :func:`conv_nd`, :func:`layer_nd`, :func:`zero_module`.  See ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BLOCK_KINDS",
-    "BlockInfo",
-    "BlockParams",
-    "CheckpointError",
-    "DuplicateBlockError",
-    "FamilyParams",
-    "IdmzooError",
-    "IdmzooPluginWarning",
-    "InvalidBlockError",
-    "ModelSummary",
-    "PluginLoadError",
-    "SiteCheckError",
-    "Spec",
-    "UnknownBlockError",
-    "attention_backend",
-    "build",
-    "create",
-    "get_attention_backend",
-    "get_block",
-    "list_blocks",
-    "list_models",
-    "load_checkpoint",
-    "load_spec",
-    "register_block",
-    "set_attention_backend",
-    "spec_from_flags",
-    "spec_from_reference",
-    "spec_schema",
-    "summarize",
-    "zoo_spec",
-]
+#: Public name → the internal module that defines it.
+_EXPORTS: dict[str, str] = {
+    # building and running
+    "build": "idmzoo.builder",
+    "Spec": "idmzoo.spec",
+    "FamilyParams": "idmzoo.spec",
+    "load_spec": "idmzoo.spec",
+    "spec_schema": "idmzoo.schema",
+    "summarize": "idmzoo.summary",
+    "ModelSummary": "idmzoo.summary",
+    "attention_backend": "idmzoo.runtime",
+    "get_attention_backend": "idmzoo.runtime",
+    "set_attention_backend": "idmzoo.runtime",
+    # the zoo, checkpoints and the reference libraries
+    "create": "idmzoo.zoo",
+    "list_models": "idmzoo.zoo",
+    "zoo_spec": "idmzoo.zoo",
+    "ZooEntry": "idmzoo.zoo",
+    "load_checkpoint": "idmzoo.checkpoint",
+    "spec_from_flags": "idmzoo.reference",
+    "spec_from_reference": "idmzoo.reference",
+    # the registry and the plugin API
+    "BLOCK_KINDS": "idmzoo.registry",
+    "BlockInfo": "idmzoo.registry",
+    "BlockParams": "idmzoo.registry",
+    "Place": "idmzoo.registry",
+    "Stage": "idmzoo.registry",
+    "check_divides": "idmzoo.registry",
+    "get_block": "idmzoo.registry",
+    "list_blocks": "idmzoo.registry",
+    "register_block": "idmzoo.registry",
+    "BlockContext": "idmzoo.blocks.context",
+    "TimestepBlock": "idmzoo.blocks.timestep",
+    "TimestepEmbedSequential": "idmzoo.blocks.timestep",
+    "ResBlock": "idmzoo.blocks.resblock",
+    "ResBlockParams": "idmzoo.blocks.resblock",
+    "conv_nd": "idmzoo.blocks.layers",
+    "layer_nd": "idmzoo.blocks.layers",
+    "zero_module": "idmzoo.blocks.layers",
+    "UNetLayout": "idmzoo.layout",
+    "Site": "idmzoo.layout",
+    "IdmzooModel": "idmzoo.models.base",
+    # errors and warnings
+    "IdmzooError": "idmzoo.errors",
+    "UnknownBlockError": "idmzoo.errors",
+    "DuplicateBlockError": "idmzoo.errors",
+    "InvalidBlockError": "idmzoo.errors",
+    "BlockBuildError": "idmzoo.errors",
+    "SiteCheckError": "idmzoo.errors",
+    "PluginLoadError": "idmzoo.errors",
+    "CheckpointError": "idmzoo.errors",
+    "UnknownModelError": "idmzoo.errors",
+    "FlagError": "idmzoo.errors",
+    "ReferenceConversionError": "idmzoo.errors",
+    "IdmzooPluginWarning": "idmzoo.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'idmzoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from .blocks.context import BlockContext
+    from .blocks.layers import conv_nd, layer_nd, zero_module
+    from .blocks.resblock import ResBlock, ResBlockParams
+    from .blocks.timestep import TimestepBlock, TimestepEmbedSequential
+    from .builder import build
+    from .checkpoint import load_checkpoint
+    from .errors import (
+        BlockBuildError,
+        CheckpointError,
+        DuplicateBlockError,
+        FlagError,
+        IdmzooError,
+        IdmzooPluginWarning,
+        InvalidBlockError,
+        PluginLoadError,
+        ReferenceConversionError,
+        SiteCheckError,
+        UnknownBlockError,
+        UnknownModelError,
+    )
+    from .layout import Site, UNetLayout
+    from .models.base import IdmzooModel
+    from .reference import spec_from_flags, spec_from_reference
+    from .registry import (
+        BLOCK_KINDS,
+        BlockInfo,
+        BlockParams,
+        Place,
+        Stage,
+        check_divides,
+        get_block,
+        list_blocks,
+        register_block,
+    )
+    from .runtime import attention_backend, get_attention_backend, set_attention_backend
+    from .schema import spec_schema
+    from .spec import FamilyParams, Spec, load_spec
+    from .summary import ModelSummary, summarize
+    from .zoo import ZooEntry, create, list_models, zoo_spec

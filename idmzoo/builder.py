@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import IdmzooError, InvalidBlockError
+from .errors import BlockBuildError, IdmzooError
 from .models.base import IdmzooModel
 from .registry import REGISTRY
 from .runtime import Checkpointing
@@ -76,12 +76,12 @@ def build(
         except IdmzooError:
             raise
         except Exception as err:
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 f"model family {family.name!r} (from package {family.package!r}) failed to build: "
                 f"{type(err).__name__}: {err}"
             ) from err
     if not isinstance(model, IdmzooModel):
-        raise InvalidBlockError(
+        raise BlockBuildError(
             f"model family {family.name!r} (from package {family.package!r}) returned "
             f"{type(model).__name__}, not an idmzoo.models.base.IdmzooModel"
         )

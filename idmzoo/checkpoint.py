@@ -35,7 +35,9 @@ _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)
 def _reason(err: Exception) -> str:
     """The line of torch's error that says what went wrong (its messages run to paragraphs)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else repr(err))
+    return next(
+        (line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else repr(err)
+    )
 
 
 def _is_state_dict(value: Any) -> bool:

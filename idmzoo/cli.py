@@ -129,15 +129,19 @@ def _describe(args: argparse.Namespace) -> int:
         record = {**_block_record(info), "factory": factory, "parameters": [vars(p) for p in parameters]}
         print(json.dumps(record, indent=2))
         return EXIT_OK
-    print(f"{info.kind} block {info.name!r} from {info.package} (spec: {{\"type\": \"{info.name}\"}} "
-          f"or \"{info.qualified_name}\")")
+    print(
+        f'{info.kind} block {info.name!r} from {info.package} (spec: {{"type": "{info.name}"}} '
+        f'or "{info.qualified_name}")'
+    )
     print(info.description)
     print(f"factory: {factory}")
     print()
     if not parameters:
         print("no parameters")
         return EXIT_OK
-    rows = [[p.name, p.type, "(required)" if p.default is None else p.default, p.description] for p in parameters]
+    rows = [
+        [p.name, p.type, "(required)" if p.default is None else p.default, p.description] for p in parameters
+    ]
     print(format_table(["parameter", "type", "default", "description"], rows))
     return EXIT_OK
 
@@ -202,17 +206,37 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("list-blocks", "list the registered blocks of every installed distribution",
-            _list_blocks_arguments, _list_blocks),
-    Command("list-models", "list the zoo: the published configurations with their parameter counts",
-            _list_models_arguments, _list_models),
-    Command("describe", "show a block's parameters with their types, defaults and docs",
-            _describe_arguments, _describe),
-    Command("validate", "check a spec file: prints OK, or one <json.path>: <message> line per error",
-            _spec_argument, _validate),
+    Command(
+        "list-blocks",
+        "list the registered blocks of every installed distribution",
+        _list_blocks_arguments,
+        _list_blocks,
+    ),
+    Command(
+        "list-models",
+        "list the zoo: the published configurations with their parameter counts",
+        _list_models_arguments,
+        _list_models,
+    ),
+    Command(
+        "describe",
+        "show a block's parameters with their types, defaults and docs",
+        _describe_arguments,
+        _describe,
+    ),
+    Command(
+        "validate",
+        "check a spec file: prints OK, or one <json.path>: <message> line per error",
+        _spec_argument,
+        _validate,
+    ),
     Command("build", "build a spec and print a per-stage summary", _build_arguments, _build),
-    Command("schema", "print the JSON Schema of spec files, with every installed block's parameters",
-            lambda parser: None, _schema),
+    Command(
+        "schema",
+        "print the JSON Schema of spec files, with every installed block's parameters",
+        lambda parser: None,
+        _schema,
+    ),
 )
 
 
@@ -230,7 +254,9 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help, parents=[debug])
+        sub = subparsers.add_parser(
+            command.name, help=command.help, description=command.help, parents=[debug]
+        )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser

@@ -1,4 +1,9 @@
-"""The exceptions idmzoo raises, so callers can catch idmzoo's failures apart from torch's."""
+"""Every exception and warning idmzoo raises on purpose, so callers can tell them from torch's.
+
+All errors derive from :class:`IdmzooError`; most also derive from the builtin a caller
+would naturally catch (``KeyError`` for an unknown name, ``ValueError`` for a bad value),
+so existing ``except`` clauses keep working.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,13 @@ __all__ = [
     "UnknownBlockError",
     "DuplicateBlockError",
     "InvalidBlockError",
+    "BlockBuildError",
+    "SiteCheckError",
     "PluginLoadError",
     "CheckpointError",
+    "UnknownModelError",
+    "FlagError",
+    "ReferenceConversionError",
     "IdmzooPluginWarning",
 ]
 
@@ -33,16 +43,49 @@ class DuplicateBlockError(IdmzooError, ValueError):
 
 
 class InvalidBlockError(IdmzooError, TypeError):
-    """A registration whose factory or parameter model is not usable."""
+    """A registration whose kind, name, factory or parameter model is not usable."""
+
+
+class BlockBuildError(IdmzooError, RuntimeError):
+    """A registered block that failed to build, returned no module, or returns the wrong shape."""
+
+
+class SiteCheckError(IdmzooError, ValueError):
+    """Raised by a block's validation hook when it cannot work at some place in the model.
+
+    Args:
+        field: the block's parameter at fault (reported at the JSON path
+            ``<kind>.<field>``), or ``None`` for the block as a whole.
+        message: what is wrong and what would be valid.
+        spec_field: report the error at this top-level spec field instead (e.g.
+            ``"image_size"``), when the block is fine but the model around it is not.
+    """
+
+    def __init__(self, field: str | None, message: str, *, spec_field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.spec_field = spec_field
 
 
 class PluginLoadError(IdmzooError):
-    """A plugin that failed to load (raised only in strict plugin mode)."""
+    """Plugins that failed to load (raised only in strict plugin mode, at every lookup until fixed)."""
 
 
 class CheckpointError(IdmzooError, ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
 
 
+class UnknownModelError(IdmzooError, LookupError):
+    """A model name that is not in the zoo."""
+
+
+class FlagError(IdmzooError, ValueError):
+    """A reference command line that the reference scripts would reject (or could not build)."""
+
+
+class ReferenceConversionError(IdmzooError, ValueError):
+    """Reference constructor arguments that do not describe a model the reference could build."""
+
+
 class IdmzooPluginWarning(UserWarning):
-    """A plugin was skipped because it failed to import or to register its blocks."""
+    """A plugin was skipped, replaced another distribution's block, or loaded slowly."""

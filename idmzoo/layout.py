@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .blocks.context import Stage
+from .registry.params import Stage
 
 if TYPE_CHECKING:
     from .spec import Spec
@@ -32,6 +32,8 @@ class Site:
         out_channels: output channels.
         stage: ``input``, ``middle`` or ``output``.
         ds: the downsampling rate at the block's input.
+        level: the level whose resolution the block reads (0 is full resolution); the
+            middle block belongs to the last level.
     """
 
     kind: str
@@ -40,6 +42,7 @@ class Site:
     out_channels: int
     stage: Stage
     ds: int
+    level: int
 
 
 @dataclass(frozen=True)
@@ -91,29 +94,35 @@ def unet_layout(spec: Spec, *, in_channels: int, decoder: bool = True) -> UNetLa
     mc, attention_at = spec.model_channels, set(spec.attention_resolutions)
     last_level = len(spec.channel_mult) - 1
     ch = stem = int(spec.channel_mult[0] * mc)
-    input_blocks: list[tuple[Site, ...]] = [(Site("stem", "input_blocks.0.0", in_channels, ch, "input", 1),)]
+    input_blocks: list[tuple[Site, ...]] = [
+        (Site("stem", "input_blocks.0.0", in_channels, ch, "input", 1, 0),)
+    ]
     skip_channels = [ch]
     ds = 1
 
-    def group(prefix: str, blocks: list[tuple[str, int, int]], stage: Stage) -> tuple[Site, ...]:
+    def group(prefix: str, blocks: list[tuple[str, int, int]], stage: Stage, level: int) -> tuple[Site, ...]:
         """Sites ``prefix.0``, ``prefix.1``, ... from (kind, in, out) triples."""
         return tuple(
-            Site(kind, f"{prefix}.{j}", cin, cout, stage, ds) for j, (kind, cin, cout) in enumerate(blocks)
+            Site(kind, f"{prefix}.{j}", cin, cout, stage, ds, level)
+            for j, (kind, cin, cout) in enumerate(blocks)
         )
 
     for level, mult in enumerate(spec.channel_mult):
         width = int(mult * mc)
         for _ in range(spec.num_res_blocks):
             blocks = [("resblock", ch, width)] + ([("attention", width, width)] if ds in attention_at else [])
-            input_blocks.append(group(f"input_blocks.{len(input_blocks)}", blocks, "input"))
+            input_blocks.append(group(f"input_blocks.{len(input_blocks)}", blocks, "input", level))
             ch = width
             skip_channels.append(ch)
         if level != last_level:
-            input_blocks.append(group(f"input_blocks.{len(input_blocks)}", [("downsample", ch, ch)], "input"))
+            input_blocks.append(
+                group(f"input_blocks.{len(input_blocks)}", [("downsample", ch, ch)], "input", level)
+            )
             skip_channels.append(ch)
             ds *= 2
 
-    middle = group("middle_block", [("resblock", ch, ch), ("attention", ch, ch), ("resblock", ch, ch)], "middle")
+    middle_blocks = [("resblock", ch, ch), ("attention", ch, ch), ("resblock", ch, ch)]
+    middle = group("middle_block", middle_blocks, "middle", last_level)
     feature_channels = sum(skip_channels) + ch
     final_ds = ds
 
@@ -128,7 +137,7 @@ def unet_layout(spec: Spec, *, in_channels: int, decoder: bool = True) -> UNetLa
                     blocks.append(("attention", ch, ch))
                 if level and i == spec.num_res_blocks:
                     blocks.append(("upsample", ch, ch))
-                output_blocks.append(group(f"output_blocks.{len(output_blocks)}", blocks, "output"))
+                output_blocks.append(group(f"output_blocks.{len(output_blocks)}", blocks, "output", level))
                 if level and i == spec.num_res_blocks:
                     ds //= 2
     return UNetLayout(

@@ -119,7 +119,10 @@ def block_schema(kind: str, registry: BlockRegistry = REGISTRY) -> dict[str, Any
     objects = schema["anyOf"][0]
     if "$ref" in objects:  # one block: still a discriminated oneOf, so every kind reads alike
         mapping = {key: objects["$ref"] for key in (infos[0].name, infos[0].qualified_name)}
-        schema["anyOf"][0] = {"oneOf": [objects], "discriminator": {"propertyName": "type", "mapping": mapping}}
+        schema["anyOf"][0] = {
+            "oneOf": [objects],
+            "discriminator": {"propertyName": "type", "mapping": mapping},
+        }
     return {**schema, "$defs": defs}
 
 

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from .errors import IdmzooError, InvalidBlockError
+from .errors import BlockBuildError, IdmzooError
 from .layout import Site
+from .messages import format_shape
 from .registry import BLOCK_KINDS, REGISTRY
+from .registry.discovery import BUILTIN_PACKAGE
 
 if TYPE_CHECKING:
     from .models.base import IdmzooModel
@@ -27,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["check_block_shapes", "uses_plugin_blocks"]
 
-#: The distribution whose blocks idmzoo's own test suite verifies at every shape.
-_BUILTIN_PACKAGE = "idmzoo"
 _BATCH = 2
 _DEPTH = 2  # 3-D inputs: the depth axis is never resampled, so any size will do
 
@@ -36,7 +36,7 @@ _DEPTH = 2  # 3-D inputs: the depth axis is never resampled, so any size will do
 def uses_plugin_blocks(spec: Spec) -> bool:
     """Whether any block of ``spec`` (the family included) comes from outside idmzoo."""
     return any(
-        REGISTRY.get(kind, params.type).package != _BUILTIN_PACKAGE
+        REGISTRY.get(kind, params.type).package != BUILTIN_PACKAGE
         for kind in BLOCK_KINDS
         if (params := getattr(spec, kind)) is not None
     )
@@ -48,10 +48,6 @@ def _describe(model: IdmzooModel, kind: str, path: str) -> str:
         return f"the stem convolution at {path}"
     info = REGISTRY.get(kind, getattr(model.spec, kind).type)
     return f"{kind} block {info.name!r} (from package {info.package!r}) at {path}"
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 class _Geometry:
@@ -98,7 +94,7 @@ class _Tracker:
         self.block, self.input = "a block", ""
 
     def enter(self, block: str, input_shape: Sequence[int]) -> None:
-        self.block, self.input = block, _shape(input_shape)
+        self.block, self.input = block, format_shape(input_shape)
 
     def before(self, module: nn.Module, args: Any) -> None:
         if module in self.sites:
@@ -113,10 +109,10 @@ class _Tracker:
             where, expected = f"the norm inside the {self.block}", tuple(args[0].shape)
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else None
         if got != expected:
-            found = _shape(got) if got is not None else type(output).__name__
-            raise InvalidBlockError(
-                f"{where} returned {found} for an input of {_shape(args[0].shape)}, but the "
-                f"layout expects {_shape(expected)}"
+            found = format_shape(got) if got is not None else type(output).__name__
+            raise BlockBuildError(
+                f"{where} returned {found} for an input of {format_shape(args[0].shape)}, but the "
+                f"layout expects {format_shape(expected)}"
             )
 
     @contextlib.contextmanager
@@ -140,7 +136,7 @@ class _Tracker:
         except IdmzooError:
             raise
         except Exception as err:
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 f"{self.block} raised {type(err).__name__} on a dummy meta-device input of "
                 f"{self.input}: {err}. If the block cannot run on the meta device, build with "
                 f"check_shapes=False"
@@ -157,7 +153,7 @@ def check_block_shapes(model: IdmzooModel) -> None:
         model: a freshly built model.
 
     Raises:
-        InvalidBlockError: naming the block (kind, registered name, package, module path)
+        BlockBuildError: naming the block (kind, registered name, package, module path)
             whose output shape differs from the layout's, or that raised on its input, or
             the path the model family built no module at.
     """
@@ -168,7 +164,7 @@ def check_block_shapes(model: IdmzooModel) -> None:
         try:
             module = model.get_submodule(site.path)
         except AttributeError as err:
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 f"model family {model.spec.family.type!r} built no module at {site.path}, where "
                 f"its layout puts a {site.kind} block"
             ) from err
@@ -193,8 +189,8 @@ def _check_head(tracker: _Tracker, head: nn.Module, path: str, features: list[to
     out = tracker.run(head, features[-1], features)
     expected = (_BATCH, tracker.model.spec.out_channels)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-        found = _shape(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidBlockError(
-            f"{where} returned {found} for a bottleneck of {_shape(features[-1].shape)}, but "
-            f"the model's output is {_shape(expected)}"
+        found = format_shape(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BlockBuildError(
+            f"{where} returned {found} for a bottleneck of {format_shape(features[-1].shape)}, but "
+            f"the model's output is {format_shape(expected)}"
         )

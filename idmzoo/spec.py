@@ -31,8 +31,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .errors import IdmzooError, UnknownBlockError
-from .registry import REGISTRY, BlockParams, SiteCheckError
+from .errors import IdmzooError, SiteCheckError, UnknownBlockError
+from .registry import REGISTRY, BlockParams, Place
 
 __all__ = ["Spec", "BlockField", "FamilyParams", "load_spec"]
 
@@ -73,17 +73,22 @@ def _block_validator(kind: str) -> Any:
 
 
 def _checked(kind: str, params: BlockParams, hook: str, *args: Any) -> Any:
-    """Call a block's validation hook; a crash in it (a plugin bug) becomes a :class:`SiteCheckError`.
+    """Call a validation hook; a crash in it (a plugin bug) becomes a :class:`SiteCheckError`.
 
-    So a faulty plugin is reported against its spec field, naming the block and its
-    package, instead of escaping validation as an arbitrary exception.
+    ``hook`` is a method of the registered :class:`~idmzoo.registry.BlockInfo` (``check``,
+    ``inner_norm_channels``, which also accept older hook signatures) or of the params
+    themselves (``check_spec``, ``layout``).  So a faulty plugin is reported against its
+    spec field, naming the block and its package, instead of escaping validation as an
+    arbitrary exception.
     """
+    info = REGISTRY.get(kind, params.type)
     try:
+        if hook in ("check", "inner_norm_channels"):
+            return getattr(info, hook)(params, *args)
         return getattr(params, hook)(*args)
     except SiteCheckError:
         raise
     except Exception as err:
-        info = REGISTRY.get(kind, params.type)
         cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         raise SiteCheckError(
             None, f"{kind} block {info.name!r} (from package {info.package!r}) failed in {hook}(): {cause}"
@@ -103,7 +108,7 @@ class FamilyParams(BlockParams):
     """Base of a model family's parameters; the family decides the model's overall shape."""
 
     def check_spec(self, spec: Spec) -> None:
-        """Reject a spec this family cannot build; raise :class:`SiteCheckError` naming a spec field."""
+        """Reject a spec this family cannot build; raise :class:`SiteCheckError` whose ``field`` is a spec field."""
 
     def layout(self, spec: Spec) -> Any:
         """The :class:`~idmzoo.layout.UNetLayout` of ``spec`` under this family."""
@@ -126,7 +131,9 @@ class Spec(BaseModel):
 
     family: BlockField("family") = _default("model family", "unet")
     in_channels: PositiveInt = Field(description="Channels of the input image (before any low-res concat).")
-    model_channels: PositiveInt = Field(description="Base width; level widths are int(mult * model_channels).")
+    model_channels: PositiveInt = Field(
+        description="Base width; level widths are int(mult * model_channels)."
+    )
     out_channels: PositiveInt = Field(description="Channels of the output (6 when learning sigma on RGB).")
     num_res_blocks: PositiveInt = Field(description="Residual blocks per level on the encoder path.")
     attention_resolutions: tuple[PositiveInt, ...] = Field(
@@ -136,7 +143,9 @@ class Spec(BaseModel):
     channel_mult: tuple[PositiveInt | Annotated[PositiveFloat, AllowInfNan(False)], ...] = Field(
         (1, 2, 4, 8), min_length=1, description="Width multiplier of each level; one level per entry."
     )
-    dims: Literal[1, 2, 3] = Field(2, description="Signal dimensions: 1 (sequences), 2 (images) or 3 (video/volumes).")
+    dims: Literal[1, 2, 3] = Field(
+        2, description="Signal dimensions: 1 (sequences), 2 (images) or 3 (video/volumes)."
+    )
     num_classes: PositiveInt | None = Field(None, description="Class-conditional with this many classes.")
     image_size: PositiveInt | None = Field(
         None, description="Side length of the input; required by heads with positional embeddings."
@@ -197,30 +206,55 @@ class Spec(BaseModel):
         """Ask every block whether it can work at each place the layout puts it."""
         errors: dict[Loc, InitErrorDetails] = {}
 
-        def check(kind: str, params: BlockParams, channels: int, stage: str, where: str) -> None:
+        def check(params: BlockParams, place: Place) -> None:
             try:
-                _checked(kind, params, "check", channels, stage)
+                _checked(place.kind, params, "check", place)
             except SiteCheckError as err:
-                loc: Loc = (kind, err.field) if err.field else (kind,)
-                errors.setdefault(loc, _error(loc, f"{err} ({where})", getattr(params, err.field or "type", None)))
+                if err.spec_field:
+                    loc: Loc = (err.spec_field,)
+                    value = getattr(self, err.spec_field, None)
+                else:
+                    loc = (place.kind, err.field) if err.field else (place.kind,)
+                    value = getattr(params, err.field or "type", None)
+                errors.setdefault(loc, _error(loc, f"{err} ({place.describe()})", value))
 
         try:
             layout = _checked("family", self.family, "layout", self)
         except SiteCheckError as err:
             return [_error(("family",), str(err), self.family.type)]
-        norms = {channels: f"needed for {channels} channels" for channels in layout.normalized_channels()}
-        placed = [(site.kind, site.channels, site.stage, site.path) for site in layout.sites()]
+        places = [
+            self._place(
+                site.kind, site.path, site.stage, site.channels, site.out_channels, site.level, site.ds
+            )
+            for site in layout.sites()
+            if site.kind != "stem"
+        ]
         if self.pool is not None:
-            placed.append(("pool", layout.final_channels, "head", "out"))
-        for kind, channels, stage, path in placed:
-            if kind != "stem":
-                params = getattr(self, kind)
-                check(kind, params, channels, stage, f"at {path}")
-                for inner in _checked(kind, params, "inner_norm_channels", channels):
-                    norms.setdefault(inner, f"needed for {inner} channels inside the {kind} at {path}")
-        for channels, where in sorted(norms.items()):
-            check("norm", self.norm, channels, "any", where)
+            last = len(self.channel_mult) - 1
+            places.append(
+                self._place(
+                    "pool", "out", "head", layout.final_channels, self.out_channels, last, layout.final_ds
+                )
+            )
+        norms = {
+            channels: self._place("norm", "", "any", channels, channels, None, 1)
+            for channels in sorted(layout.normalized_channels())
+        }
+        for place in places:
+            params = getattr(self, place.kind)
+            check(params, place)
+            for inner in _checked(place.kind, params, "inner_norm_channels", place):
+                norms.setdefault(
+                    inner, self._place("norm", place.path, place.stage, inner, inner, place.level, place.ds)
+                )
+        for channels in sorted(norms):
+            check(self.norm, norms[channels])
         return list(errors.values())
+
+    def _place(
+        self, kind: str, path: str, stage: Any, channels: int, out_channels: int, level: int | None, ds: int
+    ) -> Place:
+        return Place(kind, path, stage, channels, out_channels, level, ds, self.dims, self.image_size, self)
 
     def layout(self) -> Any:
         """The :class:`~idmzoo.layout.UNetLayout` of this spec."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import IdmzooError
+from .messages import format_shape
 from .registry import BLOCK_KINDS
 
 if TYPE_CHECKING:
@@ -85,14 +86,14 @@ class ModelSummary:
         rows = [
             [
                 stage.name,
-                _format_shape(stage.output_shape),
+                format_shape(stage.output_shape),
                 f"{stage.parameters:,}",
                 ", ".join(f"{name} x{count}" for _, name, count in stage.blocks) or "-",
             ]
             for stage in self.stages
         ]
         rows.append(["total", "", f"{self.parameters:,}", ""])
-        header = f"family {self.family}, input {_format_shape(self.input_shape)}"
+        header = f"family {self.family}, input {format_shape(self.input_shape)}"
         table = format_table(["stage", "output shape", "parameters", "blocks"], rows, right={2})
         return f"{header}\n{table}"
 
@@ -117,10 +118,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: s
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
-
-
-def _format_shape(shape: Shape | None) -> str:
-    return "-" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _spatial(spec: Spec, image_size: int | None, rate: int) -> Shape:

@@ -8,7 +8,6 @@ README and the exact parameter count the reference builds.  A zoo entry's spec i
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import json
@@ -16,24 +15,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn as nn
-
-from .builder import build
-from .errors import IdmzooError
+from .errors import UnknownModelError
+from .messages import did_you_mean
 from .reference import spec_from_flags
-from .runtime import Checkpointing
 from .spec import Spec
 
-__all__ = ["UnknownModelError", "ZooEntry", "list_models", "get_entry", "zoo_spec", "create"]
+if TYPE_CHECKING:  # torch is imported by create() only, so listing the zoo stays fast
+    import torch
+
+    from .models.base import IdmzooModel
+    from .runtime import Checkpointing
+
+__all__ = ["ZooEntry", "list_models", "get_entry", "zoo_spec", "create"]
 
 _CATALOG = "zoo_catalog.json"
-
-
-class UnknownModelError(IdmzooError, LookupError):
-    """A model name that is not in the zoo."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +114,8 @@ def get_entry(name: str) -> ZooEntry:
     catalog = _catalog()
     if name in catalog:
         return catalog[name]
-    close = difflib.get_close_matches(name, list(catalog), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownModelError(
-        f"unknown zoo model {name!r}.{hint} Zoo models: {', '.join(sorted(catalog))} "
+        f"unknown zoo model {name!r}.{did_you_mean(name, catalog)} Zoo models: {', '.join(sorted(catalog))} "
         "(idmzoo.list_models() or `idmzoo list-models` describes them)."
     )
 
@@ -147,8 +142,10 @@ def create(
     *,
     device: torch.device | str | None = None,
     checkpointing: Checkpointing = "none",
+    seed: int | None = None,
+    check_shapes: bool | None = None,
     **overrides: Any,
-) -> nn.Module:
+) -> IdmzooModel:
     """Build zoo entry ``name``, optionally with some spec fields overridden.
 
     Args:
@@ -156,7 +153,10 @@ def create(
         device: where to allocate the parameters; ``"meta"`` builds without memory (then
             ``model.to_empty(device=...)`` or :func:`idmzoo.load_checkpoint`).
         checkpointing: ``"none"``, ``"attention"`` or ``"all"``; see :func:`idmzoo.build`.
-        **overrides: spec fields to replace, validated like a spec file.
+        seed: seed the initial weights; see :func:`idmzoo.build`.
+        check_shapes: run the build-time shape check; see :func:`idmzoo.build`.
+        **overrides: spec fields to replace, validated like a spec file.  The build options
+            above are never taken for spec fields.
 
     Returns:
         The model, with random weights (load a published checkpoint with
@@ -167,7 +167,15 @@ def create(
         pydantic.ValidationError: an override is not a spec field or makes the spec invalid.
 
     Examples:
-        >>> model = idmzoo.create("idm_cifar10_uncond", dropout=0.1)
+        >>> model = idmzoo.create("idm_cifar10_uncond", dropout=0.1, seed=0)
         >>> big = idmzoo.create("adm_imagenet256_cond", device="meta")
     """
-    return build(zoo_spec(name, **overrides), checkpointing=checkpointing, device=device)
+    from .builder import build
+
+    return build(
+        zoo_spec(name, **overrides),
+        checkpointing=checkpointing,
+        device=device,
+        seed=seed,
+        check_shapes=check_shapes,
+    )

@@ -16,7 +16,7 @@ import torch.nn as nn
 from pydantic import ValidationError
 
 import idmzoo
-from idmzoo import BlockParams, InvalidBlockError
+from idmzoo import BlockBuildError, BlockParams
 from idmzoo.blocks.context import BlockContext
 from idmzoo.layout import UNetLayout, unet_layout
 from idmzoo.registry import REGISTRY
@@ -95,15 +95,15 @@ class _Lambda(nn.Module):
 )
 def test_block_with_the_wrong_output_is_named_with_its_path_and_shapes(register, kind, factory, message):
     register(kind, "wrong", factory)
-    with pytest.raises(InvalidBlockError, match=message):
+    with pytest.raises(BlockBuildError, match=message):
         idmzoo.build({**SPEC, kind: "wrong"})
 
 
 def test_pool_head_with_the_wrong_width_is_named(register):
     class WideHead(nn.Module):
-        def __init__(self, channels: int, ctx: BlockContext, *, out_channels: int, **_: Any) -> None:
+        def __init__(self, channels: int, ctx: BlockContext) -> None:
             super().__init__()
-            self.proj = nn.Linear(channels, out_channels + 1)
+            self.proj = nn.Linear(channels, ctx.out_channels + 1)
 
         def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
             return self.proj(h.mean(dim=(2, 3)))
@@ -111,7 +111,7 @@ def test_pool_head_with_the_wrong_width_is_named(register):
     register("pool", "too_wide", WideHead)
     spec = {**SPEC, "family": "encoder_unet", "out_channels": 5, "pool": "too_wide"}
     with pytest.raises(
-        InvalidBlockError,
+        BlockBuildError,
         match=r"pool block 'too_wide' \(from package 'broken-blocks'\) at out returned \[2, 6\] for a "
         r"bottleneck of \[2, 16, 8, 8\], but the model's output is \[2, 5\]",
     ):
@@ -126,7 +126,7 @@ def test_block_failing_on_the_meta_device_is_named_and_the_check_can_be_skipped(
     register("attention", "data_dependent", lambda channels, ctx: DataDependent())
     spec = {**SPEC, "attention": "data_dependent"}
     with pytest.raises(
-        InvalidBlockError,
+        BlockBuildError,
         match=r"attention block 'data_dependent' \(from package 'broken-blocks'\) at "
         r"input_blocks\.3\.1 raised RuntimeError on a dummy meta-device input of \[2, 16, 8, 8\]: .*"
         r"build with check_shapes=False",
@@ -146,7 +146,7 @@ class _UNetLaidOut(idmzoo.FamilyParams):
 def test_family_returning_a_plain_module_is_named(register):
     register("family", "plain", lambda spec: nn.Linear(2, 2), params=_UNetLaidOut)
     with pytest.raises(
-        InvalidBlockError,
+        BlockBuildError,
         match=r"model family 'plain' \(from package 'broken-blocks'\) returned Linear, not an "
         r"idmzoo\.models\.base\.IdmzooModel",
     ):
@@ -181,7 +181,7 @@ def _raises(error: Exception) -> Callable[..., nn.Module]:
 )
 def test_factory_raising_is_wrapped_naming_the_block_and_its_package(register, kind, params, error, message):
     register(kind, "raising", _raises(error), params=params)
-    with pytest.raises(InvalidBlockError, match=message) as caught:
+    with pytest.raises(BlockBuildError, match=message) as caught:
         idmzoo.build({**SPEC, kind: "raising"})
     assert caught.value.__cause__ is error
 

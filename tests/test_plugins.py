@@ -24,8 +24,8 @@ import torch
 
 import idmzoo
 from idmzoo import IdmzooPluginWarning, PluginLoadError, UnknownBlockError
-from idmzoo.plugins import ENTRY_POINT_GROUP
 from idmzoo.registry import REGISTRY, BlockRegistry
+from idmzoo.registry.discovery import ENTRY_POINT_GROUP
 from tests.cli_runner import pip_install, run_idmzoo, run_python, throwaway_site
 
 #: Registers a norm block ``{name}``; ``{extra}`` runs after it (to fail half-way).
@@ -140,7 +140,8 @@ def test_plugin_failing_at_import_is_skipped_with_a_warning_naming_it(install):
     assert len(warned) == 1
     assert re.search(r"skipped plugin 'idmzoo-fake-broken' .*ImportError: needs missing_dependency", warned[0])
     assert registry.get("norm", "fine_norm").package == "idmzoo-fake-fine"
-    assert ("idmzoo-fake-broken", "ImportError: needs missing_dependency") in registry.failed_plugins
+    failures = [(f.distribution, f.cause) for f in registry.failed_plugins]
+    assert ("idmzoo-fake-broken", "ImportError: needs missing_dependency") in failures
     with pytest.raises(UnknownBlockError, match="plugin 'idmzoo-fake-broken' failed to load"):
         registry.get("norm", "broken_norm")
 

@@ -16,8 +16,9 @@ import torch.nn as nn
 from pydantic import BaseModel, Field, ImportString, PositiveInt, ValidationError
 
 import idmzoo
-from idmzoo import BlockParams, DuplicateBlockError, InvalidBlockError, UnknownBlockError
+from idmzoo import BlockParams, DuplicateBlockError, IdmzooPluginWarning, InvalidBlockError, UnknownBlockError
 from idmzoo.registry import REGISTRY, BlockRegistry
+from idmzoo.registry.discovery import PluginFailure
 
 
 class WidthParams(BlockParams):
@@ -85,9 +86,10 @@ def test_re_registering_from_the_same_package_is_also_refused():
 
 def test_override_replaces_and_unregister_removes():
     registry = fresh(swap="first")
-    replacement = registry.register(
-        "norm", "swap", nn.GroupNorm, BlockParams, "a replacement", package="second", override=True
-    )
+    with pytest.warns(IdmzooPluginWarning, match="'swap' of 'second' .override=True. replaces the one of 'first'"):
+        replacement = registry.register(
+            "norm", "swap", nn.GroupNorm, BlockParams, "a replacement", package="second", override=True
+        )
     assert registry.get("norm", "swap") is replacement
     assert registry.unregister("norm", "swap") is replacement
     with pytest.raises(UnknownBlockError, match="unknown norm block 'swap'"):
@@ -205,7 +207,7 @@ def test_unknown_name_ranks_close_names_and_lists_the_rest():
 
 def test_unknown_name_mentions_plugins_that_failed_to_load():
     registry = fresh(group_norm32="idmzoo")
-    registry.failed_plugins.append(("idmzoo-fancy", "ImportError: no module named fancy_cuda"))
+    registry.failed_plugins.append(PluginFailure("idmzoo-fancy", "fancy = fancy:register", "ImportError: no module named fancy_cuda"))
     with pytest.raises(
         UnknownBlockError,
         match=r"Note: plugin 'idmzoo-fancy' failed to load \(ImportError: no module named fancy_cuda\)\.",
@@ -271,7 +273,8 @@ def test_failed_loading_removes_its_blocks_and_restores_what_it_overrode():
     with pytest.raises(ImportError, match="plugin raised at import"):
         with registry.loading("broken-plugin"):
             added = registry.register("norm", "new", nn.Identity, BlockParams, "d")
-            registry.register("norm", "replaced", nn.Identity, BlockParams, "d", override=True)
+            with pytest.warns(IdmzooPluginWarning, match="replaces the one of 'idmzoo'"):
+                registry.register("norm", "replaced", nn.Identity, BlockParams, "d", override=True)
             assert added.package == "broken-plugin"
             raise ImportError("plugin raised at import")
     assert registry.names("norm") == ["kept", "replaced"]
@@ -318,7 +321,7 @@ def test_lookups_from_other_threads_wait_for_plugin_discovery(monkeypatch):
         release.wait(timeout=10)
         registry.register("norm", "late", nn.Identity, BlockParams, "d", package="slow-plugin")
 
-    monkeypatch.setattr("idmzoo.plugins.load_entry_point_plugins", slow_plugins)
+    monkeypatch.setattr(BlockRegistry, "_load_plugins", slow_plugins)
     registry = BlockRegistry()
     found: dict[str, Any] = {}
     first = threading.Thread(target=lambda: found.setdefault("first", registry.get("norm", "late")))

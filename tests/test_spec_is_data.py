@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 import idmzoo
 from idmzoo import BLOCK_KINDS, Spec
-from idmzoo.registry import REGISTRY, _code_fields
+from idmzoo.registry import REGISTRY
+from idmzoo.registry.core import _code_fields
 
 ROOT = Path(__file__).parents[1]
 BASE: dict[str, Any] = {
@@ -171,12 +172,13 @@ def test_building_from_json_in_a_fresh_process_only_reads_the_file():
         import idmzoo
         from idmzoo.registry import REGISTRY
         REGISTRY.ensure_discovered()
+        build = idmzoo.build  # the package root loads its names on first use
         events = []
         sys.addaudithook(lambda event, args: events.append([event, str(args[0])])
                          if event in ("import", "exec", "compile", "open") or event.startswith(("os.", "subprocess."))
                          else None)
         modules = set(sys.modules)
-        idmzoo.build(sys.argv[1])
+        build(sys.argv[1])
         print(json.dumps({"events": events, "new_modules": sorted(set(sys.modules) - modules)}))
         """
     )

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 import idmzoo
 from idmzoo.cli import main
-from idmzoo.zoo import UnknownModelError, get_entry, zoo_spec
+from idmzoo.errors import UnknownModelError
+from idmzoo.zoo import get_entry, zoo_spec
 from tests.fixtures import presets
 
 ROOT = Path(__file__).resolve().parent.parent

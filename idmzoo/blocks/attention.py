@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
-from ..registry import BlockParams, SiteCheckError
+from ..registry import BlockParams, Place, check_divides, register_block
 from ..runtime import dot_product_attention, get_attention_backend
 from .context import BlockContext
 from .layers import conv_nd, zero_module
@@ -17,6 +17,7 @@ from .layers import conv_nd, zero_module
 __all__ = [
     "QKVOrder",
     "AttentionParams",
+    "head_count",
     "AttentionBlock",
     "LegacyOrderAttention",
     "SplitOrderAttention",
@@ -74,6 +75,22 @@ def self_attention(
     return _pointwise(proj, out).transpose(1, 2)
 
 
+def head_count(
+    channels: int,
+    stage: str,
+    *,
+    num_heads: int,
+    num_head_channels: int | None,
+    num_heads_upsample: int | None,
+) -> int:
+    """The head count of an attention block with ``channels`` channels in ``stage``."""
+    if num_head_channels is not None:
+        return channels // num_head_channels
+    if stage == "output" and num_heads_upsample is not None:
+        return num_heads_upsample
+    return num_heads
+
+
 class AttentionParams(BlockParams):
     """Parameters of the attention blocks: how many heads, or how wide each head is."""
 
@@ -85,26 +102,13 @@ class AttentionParams(BlockParams):
         None, description="Number of heads on the decoder path; None means num_heads."
     )
 
-    def heads(self, channels: int, stage: str) -> int:
-        """The head count at a place with ``channels`` channels in ``stage``."""
+    def check(self, place: Place) -> None:
         if self.num_head_channels is not None:
-            return channels // self.num_head_channels
-        if stage == "output" and self.num_heads_upsample is not None:
-            return self.num_heads_upsample
-        return self.num_heads
-
-    def check(self, channels: int, stage: str) -> None:
-        if self.num_head_channels is not None:
-            if channels % self.num_head_channels:
-                raise SiteCheckError(
-                    "num_head_channels",
-                    f"num_head_channels={self.num_head_channels} does not divide {channels} channels",
-                )
+            check_divides("num_head_channels", self.num_head_channels, place.channels)
             return
-        field = "num_heads_upsample" if stage == "output" and self.num_heads_upsample else "num_heads"
-        heads = self.heads(channels, stage)
-        if channels % heads:
-            raise SiteCheckError(field, f"{field}={heads} does not divide {channels} channels")
+        upsampling = place.stage == "output" and self.num_heads_upsample is not None
+        field = "num_heads_upsample" if upsampling else "num_heads"
+        check_divides(field, getattr(self, field), place.channels)
 
 
 class AttentionBlock(nn.Module):
@@ -124,19 +128,18 @@ class AttentionBlock(nn.Module):
         channels: int,
         ctx: BlockContext,
         *,
-        num_heads: int = 1,
-        num_head_channels: int | None = None,
-        num_heads_upsample: int | None = None,
+        num_heads: int,
+        num_head_channels: int | None,
+        num_heads_upsample: int | None,
     ) -> None:
         super().__init__()
-        params = AttentionParams(
-            type="attention",
+        self.num_heads = head_count(
+            channels,
+            ctx.stage,
             num_heads=num_heads,
             num_head_channels=num_head_channels,
             num_heads_upsample=num_heads_upsample,
         )
-        params.check(channels, ctx.stage)
-        self.num_heads = params.heads(channels, ctx.stage)
         self.norm = ctx.make_norm(channels)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
@@ -148,12 +151,24 @@ class AttentionBlock(nn.Module):
         return x + h.reshape(b, c, *spatial)  # the residual keeps x's memory format
 
 
+@register_block(
+    "attention",
+    "legacy_attention",
+    params=AttentionParams,
+    description="Multi-head QKV self-attention, improved-diffusion layout (heads, then q/k/v).",
+)
 class LegacyOrderAttention(AttentionBlock):
     """improved-diffusion's layout: the qkv channels are grouped by head first, then q/k/v."""
 
     qkv_order: QKVOrder = "heads_first"
 
 
+@register_block(
+    "attention",
+    "new_order_attention",
+    params=AttentionParams,
+    description="Multi-head QKV self-attention, guided-diffusion's new order (q/k/v, then heads).",
+)
 class SplitOrderAttention(AttentionBlock):
     """guided-diffusion's ``use_new_attention_order``: split q/k/v first, then heads."""
 

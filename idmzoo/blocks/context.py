@@ -1,18 +1,15 @@
-"""What the builder tells a block about the place it is built in."""
+"""What the builder tells a block factory about the place it is built in."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch.nn as nn
 
-__all__ = ["BlockContext", "Stage"]
+from ..registry.params import Stage
 
-#: Where in the model a block sits: the encoder path, the bottleneck, the decoder path,
-#: or the output head.
-Stage = Literal["input", "middle", "output", "head"]
+__all__ = ["BlockContext", "Stage"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +24,11 @@ class BlockContext:
         make_norm: builds the spec's norm block for a channel count.
         make_resblock: builds the spec's residual block as
             ``make_resblock(channels, out_channels, resample=None | "up" | "down")``.
+        out_channels: for the encoder's ``pool`` head: the model's output width.
+        feature_channels: for the ``pool`` head: the summed channels of every encoder
+            block and the bottleneck (what the spatial heads pool).
+        spatial_size: for the ``pool`` head: the bottleneck's side length (0 when the
+            spec sets no ``image_size``).
     """
 
     dims: int
@@ -35,7 +37,10 @@ class BlockContext:
     stage: Stage
     make_norm: Callable[[int], nn.Module]
     make_resblock: Callable[..., nn.Module]
+    out_channels: int = 0
+    feature_channels: int = 0
+    spatial_size: int = 0
 
-    def at(self, stage: Stage) -> BlockContext:
-        """The same context for another stage."""
-        return replace(self, stage=stage)
+    def at(self, stage: Stage, **facts: int) -> BlockContext:
+        """The same context for another stage (and, for the head, its output facts)."""
+        return replace(self, stage=stage, **facts)

@@ -1,4 +1,4 @@
-"""Dimension-generic layer constructors shared by the built-in blocks."""
+"""Dimension-generic layer constructors shared by the built-in blocks and by plugins."""
 
 from __future__ import annotations
 
@@ -7,20 +7,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["conv_nd", "avg_pool_nd", "zero_module", "resample_factor", "ThresholdDropout"]
+__all__ = ["layer_nd", "conv_nd", "avg_pool_nd", "zero_module", "resample_factor", "ThresholdDropout"]
 
-_CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_AVG_POOLS: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+
+def layer_nd(name: str, dims: int) -> type[nn.Module]:
+    """The 1-D, 2-D or 3-D torch layer class ``name`` (``"Conv"`` → ``nn.Conv2d`` for dims 2).
+
+    Works for every torch layer spelt ``<name><dims>d``: ``Conv``, ``ConvTranspose``,
+    ``AvgPool``, ``AdaptiveAvgPool``, ``BatchNorm``, ...
+    """
+    return getattr(nn, f"{name}{dims}d")
 
 
 def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D convolution."""
-    return _CONVS[dims](*args, **kwargs)
+    return layer_nd("Conv", dims)(*args, **kwargs)
 
 
 def avg_pool_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D average pooling."""
-    return _AVG_POOLS[dims](*args, **kwargs)
+    return layer_nd("AvgPool", dims)(*args, **kwargs)
 
 
 def resample_factor(dims: int) -> int | tuple[int, int, int]:

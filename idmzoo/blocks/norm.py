@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from ..registry import BlockParams, SiteCheckError
+from ..registry import BlockParams, Place, check_divides, register_block
 
 __all__ = ["GroupNormParams", "GroupNorm32"]
 
@@ -20,16 +20,22 @@ class GroupNormParams(BlockParams):
     )
     eps: PositiveFloat = Field(1e-5, description="Added to the variance for numerical stability.")
 
-    def check(self, channels: int, stage: str) -> None:
-        if channels % self.num_groups:
-            raise SiteCheckError(
-                "num_groups",
-                f"num_groups={self.num_groups} does not divide {channels} channels; choose a "
-                f"divisor of every channel count in the model (e.g. 1, or a power of two "
-                f"dividing model_channels)",
-            )
+    def check(self, place: Place) -> None:
+        check_divides(
+            "num_groups",
+            self.num_groups,
+            place.channels,
+            hint="; choose a divisor of every channel count in the model (e.g. 1, or a power of two "
+            "dividing model_channels)",
+        )
 
 
+@register_block(
+    "norm",
+    "group_norm32",
+    params=GroupNormParams,
+    description="GroupNorm computed in float32, output cast back to the input dtype.",
+)
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are always computed in float32, output in the input dtype.
 
@@ -40,7 +46,7 @@ class GroupNorm32(nn.GroupNorm):
     tensor in float32 (CPU passes it through, CUDA lists it as a float32 op).
     """
 
-    def __init__(self, num_channels: int, *, num_groups: int = 32, eps: float = 1e-5) -> None:
+    def __init__(self, num_channels: int, *, num_groups: int, eps: float) -> None:
         super().__init__(num_groups, num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

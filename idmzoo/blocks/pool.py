@@ -1,8 +1,9 @@
 """Output heads of the encoder U-Net (guided-diffusion's noisy-image classifier).
 
-Every head is called as ``head(h, features)``: ``h`` is the bottleneck activation (in the
-input's dtype) and ``features`` the output of every encoder block, for the heads that
-pool all of them.
+Every head is built as ``factory(channels, ctx, **params)``, with the model's output width
+and what it pools in ``ctx`` (:class:`~idmzoo.BlockContext`), and called as
+``head(h, features)``: ``h`` is the bottleneck activation (in the input's dtype) and
+``features`` the output of every encoder block, for the heads that pool all of them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from ..registry import BlockParams, SiteCheckError
+from ..errors import SiteCheckError
+from ..registry import BlockParams, Place, check_divides, register_block
 from .attention import self_attention
 from .context import BlockContext
-from .layers import conv_nd, zero_module
+from .layers import conv_nd, layer_nd, zero_module
 
 __all__ = [
     "AttentionPoolParams",
@@ -28,27 +30,22 @@ __all__ = [
     "spatial_v2_pool_head",
 ]
 
-_ADAPTIVE_POOLS: dict[int, type[nn.Module]] = {
-    1: nn.AdaptiveAvgPool1d,
-    2: nn.AdaptiveAvgPool2d,
-    3: nn.AdaptiveAvgPool3d,
-}
-
 
 def _spatial_means(features: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """Each feature map averaged over its spatial axes, concatenated: ``[N, sum(C)]``."""
     return torch.cat([f.type(dtype).mean(dim=tuple(range(2, f.dim()))) for f in features], dim=-1)
 
 
+@register_block("pool", "adaptive", description="Norm, SiLU, global average pool, zero-initialised 1x1 conv.")
 class AdaptivePoolHead(nn.Sequential):
     """norm → SiLU → global average pool → zero-initialised 1x1 conv → flatten."""
 
-    def __init__(self, channels: int, ctx: BlockContext, *, out_channels: int, **_: int) -> None:
+    def __init__(self, channels: int, ctx: BlockContext) -> None:
         super().__init__(
             ctx.make_norm(channels),
             nn.SiLU(),
-            _ADAPTIVE_POOLS[ctx.dims](1),
-            zero_module(conv_nd(ctx.dims, channels, out_channels, 1)),
+            layer_nd("AdaptiveAvgPool", ctx.dims)(1),
+            zero_module(conv_nd(ctx.dims, channels, ctx.out_channels, 1)),
             nn.Flatten(),
         )
 
@@ -61,11 +58,21 @@ class AttentionPoolParams(BlockParams):
 
     num_head_channels: PositiveInt = Field(64, description="Channels per attention head.")
 
-    def check(self, channels: int, stage: str) -> None:
-        if channels % self.num_head_channels:
+    def check(self, place: Place) -> None:
+        check_divides("num_head_channels", self.num_head_channels, place.channels)
+        if place.dims == 3:
             raise SiteCheckError(
-                "num_head_channels",
-                f"num_head_channels={self.num_head_channels} does not divide {channels} channels",
+                None,
+                "the attention pool learns one position per bottleneck pixel, but a 3-D input keeps "
+                "its depth, which the spec does not fix; use dims 1 or 2, or another pool",
+            )
+        rate = place.ds
+        if place.image_size is None or place.image_size % rate:
+            raise SiteCheckError(
+                None,
+                f"the attention pool learns one position per bottleneck pixel, so image_size must be "
+                f"set to a multiple of {rate} (the bottleneck's downsampling rate), but got {place.image_size}",
+                spec_field="image_size",
             )
 
 
@@ -94,23 +101,20 @@ class AttentionPool(nn.Module):
         return self_attention(x, self.qkv_proj, self.c_proj, self.num_heads, "qkv_first")[:, :, 0]
 
 
+@register_block(
+    "pool",
+    "attention",
+    params=AttentionPoolParams,
+    description="Norm, SiLU, CLIP-style attention pooling with learned positions.",
+)
 class AttentionPoolHead(nn.Sequential):
     """norm → SiLU → :class:`AttentionPool`; needs the spec's ``image_size``."""
 
-    def __init__(
-        self,
-        channels: int,
-        ctx: BlockContext,
-        *,
-        out_channels: int,
-        spatial_size: int,
-        num_head_channels: int = 64,
-        **_: int,
-    ) -> None:
+    def __init__(self, channels: int, ctx: BlockContext, *, num_head_channels: int) -> None:
         super().__init__(
             ctx.make_norm(channels),
             nn.SiLU(),
-            AttentionPool(spatial_size**ctx.dims, channels, num_head_channels, out_channels),
+            AttentionPool(ctx.spatial_size**ctx.dims, channels, num_head_channels, ctx.out_channels),
         )
 
     def forward(self, h: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
@@ -126,7 +130,7 @@ class SpatialPoolParams(BlockParams):
 class SpatialV2PoolParams(SpatialPoolParams):
     """Parameters of :class:`SpatialV2PoolHead`, whose hidden layer is normalized."""
 
-    def inner_norm_channels(self, channels: int) -> tuple[int, ...]:
+    def inner_norm_channels(self, place: Place) -> tuple[int, ...]:
         return (self.hidden_channels,)
 
 
@@ -137,36 +141,32 @@ class SpatialPoolHead(nn.Sequential):
         return super().forward(_spatial_means(features, h.dtype))
 
 
-def spatial_pool_head(
-    channels: int,
-    ctx: BlockContext,
-    *,
-    out_channels: int,
-    feature_channels: int,
-    hidden_channels: int = 2048,
-    **_: int,
-) -> SpatialPoolHead:
+@register_block(
+    "pool",
+    "spatial",
+    params=SpatialPoolParams,
+    description="Spatial means of every encoder block, then an MLP with ReLU.",
+)
+def spatial_pool_head(channels: int, ctx: BlockContext, *, hidden_channels: int) -> SpatialPoolHead:
     """guided-diffusion's ``spatial`` head: linear → ReLU → linear."""
     return SpatialPoolHead(
-        nn.Linear(feature_channels, hidden_channels),
+        nn.Linear(ctx.feature_channels, hidden_channels),
         nn.ReLU(),
-        nn.Linear(hidden_channels, out_channels),
+        nn.Linear(hidden_channels, ctx.out_channels),
     )
 
 
-def spatial_v2_pool_head(
-    channels: int,
-    ctx: BlockContext,
-    *,
-    out_channels: int,
-    feature_channels: int,
-    hidden_channels: int = 2048,
-    **_: int,
-) -> SpatialPoolHead:
+@register_block(
+    "pool",
+    "spatial_v2",
+    params=SpatialV2PoolParams,
+    description="Spatial means of every encoder block, then an MLP with norm and SiLU.",
+)
+def spatial_v2_pool_head(channels: int, ctx: BlockContext, *, hidden_channels: int) -> SpatialPoolHead:
     """guided-diffusion's ``spatial_v2`` head: linear → norm → SiLU → linear."""
     return SpatialPoolHead(
-        nn.Linear(feature_channels, hidden_channels),
+        nn.Linear(ctx.feature_channels, hidden_channels),
         ctx.make_norm(hidden_channels),
         nn.SiLU(),
-        nn.Linear(hidden_channels, out_channels),
+        nn.Linear(hidden_channels, ctx.out_channels),
     )

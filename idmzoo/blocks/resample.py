@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import register_block
 from .context import BlockContext
 from .layers import avg_pool_nd, conv_nd, resample_factor
 
@@ -49,31 +50,39 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
+@register_block("upsample", "nearest", description="Nearest-neighbour x2, no parameters.")
 def nearest_upsample(channels: int, ctx: BlockContext) -> nn.Module:
     """Nearest-neighbour ×2 with no parameters (the reference's ``conv_resample=False``)."""
     return Upsample(channels, ctx.dims)
 
 
+@register_block("upsample", "nearest_conv", description="Nearest-neighbour x2, then a 3x3 conv.")
 def nearest_conv_upsample(channels: int, ctx: BlockContext) -> nn.Module:
     """Nearest-neighbour ×2 then a 3x3 conv (the reference's default)."""
     return Upsample(channels, ctx.dims, use_conv=True)
 
 
+@register_block("downsample", "avg_pool", description="2x average pooling, no parameters.")
 def avg_pool_downsample(channels: int, ctx: BlockContext) -> nn.Module:
     """2x average pooling with no parameters (the reference's ``conv_resample=False``)."""
     return Downsample(channels, ctx.dims)
 
 
+@register_block("downsample", "strided_conv", description="A 3x3 conv with stride 2.")
 def strided_conv_downsample(channels: int, ctx: BlockContext) -> nn.Module:
     """A 3x3 conv with stride 2 (the reference's default)."""
     return Downsample(channels, ctx.dims, use_conv=True)
 
 
+@register_block("upsample", "resblock_up", description="The spec's residual block, upsampling inside it.")
 def resblock_upsample(channels: int, ctx: BlockContext) -> nn.Module:
     """The spec's residual block, upsampling inside (guided-diffusion's ``resblock_updown``)."""
     return ctx.make_resblock(channels, channels, resample="up")
 
 
+@register_block(
+    "downsample", "resblock_down", description="The spec's residual block, downsampling inside it."
+)
 def resblock_downsample(channels: int, ctx: BlockContext) -> nn.Module:
     """The spec's residual block, downsampling inside (guided-diffusion's ``resblock_updown``)."""
     return ctx.make_resblock(channels, channels, resample="down")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from ..registry import BlockParams
+from ..registry import BlockParams, register_block
 from .context import BlockContext
 from .layers import ThresholdDropout, conv_nd, zero_module
 from .resample import Downsample, Upsample
@@ -32,6 +32,12 @@ class ResBlockParams(BlockParams):
     )
 
 
+@register_block(
+    "resblock",
+    "resblock",
+    params=ResBlockParams,
+    description="Residual block with additive or scale-shift (FiLM) timestep conditioning.",
+)
 class ResBlock(TimestepBlock):
     """norm → SiLU → conv, add (or FiLM-apply) the embedding, norm → SiLU → dropout → conv.
 
@@ -54,9 +60,9 @@ class ResBlock(TimestepBlock):
         out_channels: int,
         ctx: BlockContext,
         *,
+        use_scale_shift_norm: bool,
+        skip_conv: bool,
         resample: Literal["up", "down"] | None = None,
-        use_scale_shift_norm: bool = False,
-        skip_conv: bool = False,
     ) -> None:
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm

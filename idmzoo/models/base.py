@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..blocks.context import BlockContext
 from ..blocks.layers import conv_nd
 from ..blocks.timestep import TimestepEmbedSequential, timestep_embedding
-from ..errors import IdmzooError, InvalidBlockError
+from ..errors import BlockBuildError, IdmzooError
 from ..layout import Site, UNetLayout
 from ..registry import REGISTRY, BlockParams
 from ..runtime import Checkpointing
@@ -53,12 +53,12 @@ class BlockMaker:
         except IdmzooError:
             raise
         except Exception as err:  # a plugin factory may fail in any way; name it
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 f"{kind} block {info.name!r} (from {info.package}) failed to build for "
                 f"{args[0] if args else '?'} channels: {type(err).__name__}: {err}"
             ) from err
         if not isinstance(module, nn.Module):
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 f"{kind} block {info.name!r} (from {info.package}) returned "
                 f"{type(module).__name__}, not a torch.nn.Module"
             )

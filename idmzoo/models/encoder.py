@@ -20,15 +20,13 @@ class EncoderUNetModel(IdmzooModel):
 
     def __init__(self, spec: Spec, layout: UNetLayout) -> None:
         super().__init__(spec, layout)
-        self.out = self.maker.create(
-            "pool",
-            spec.pool,
-            layout.final_channels,
-            self.maker.ctx.at("head"),
+        head = self.maker.ctx.at(
+            "head",
             out_channels=spec.out_channels,
             feature_channels=layout.feature_channels,
             spatial_size=(spec.image_size or 0) // layout.final_ds,
         )
+        self.out = self.maker.create("pool", spec.pool, layout.final_channels, head)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits of noisy ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``."""

@@ -52,7 +52,9 @@ class UNetModel(IdmzooModel):
     def torso(self) -> list[nn.Module]:
         return [*super().torso(), self.output_blocks]
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Denoise ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``, for labels ``y`` ``[N]``."""
         emb = self.embed(timesteps)
         if self.spec.num_classes is None:

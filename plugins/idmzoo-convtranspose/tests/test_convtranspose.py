@@ -24,7 +24,7 @@ SHAPES = {1: (2, 3, 16), 2: (2, 3, 8, 12), 3: (2, 3, 3, 8, 12)}
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def context(dims: int) -> idmzoo.blocks.context.BlockContext:
+def context(dims: int) -> idmzoo.BlockContext:
     return idmzoo.build({**SPEC, "dims": dims}, device="meta").maker.ctx
 
 
@@ -38,13 +38,16 @@ def test_registered_through_its_entry_point():
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_doubles_the_resampled_axes_and_keeps_depth(dims):
     x = torch.randn(SHAPES[dims])
-    up = conv_transpose_upsample(3, context(dims))
-    expected = (*x.shape[:2], *(n if dims == 3 and axis == 0 else 2 * n for axis, n in enumerate(x.shape[2:])))
+    up = conv_transpose_upsample(3, context(dims), init="default")
+    expected = (
+        *x.shape[:2],
+        *(n if dims == 3 and axis == 0 else 2 * n for axis, n in enumerate(x.shape[2:])),
+    )
     assert up(x).shape == expected
 
 
 def test_3d_kernel_stride_padding_leave_depth_alone():
-    up = conv_transpose_upsample(3, context(3))
+    up = conv_transpose_upsample(3, context(3), init="default")
     assert (up.kernel_size, up.stride, up.padding) == ((1, 4, 4), (1, 2, 2), (0, 1, 1))
 
 

@@ -41,7 +41,7 @@ def test_registered_through_its_entry_point():
 @pytest.mark.parametrize("num_groups", [1, 2, 8])
 def test_matches_torch_rms_norm_per_group(shape, num_groups):
     x = torch.randn(shape) * 3 + 1
-    norm = ChannelRMSNorm(8, num_groups=num_groups, eps=1e-6)
+    norm = ChannelRMSNorm(8, num_groups=num_groups, eps=1e-6, affine=True)
     with torch.no_grad():
         norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
     expected = reference_rms_norm(x, num_groups, 1e-6) * norm.weight.reshape(8, *([1] * (x.dim() - 2)))
@@ -50,9 +50,11 @@ def test_matches_torch_rms_norm_per_group(shape, num_groups):
 
 def test_float16_statistics_do_not_overflow():
     x = torch.full((1, 4, 2, 2), 300.0)  # 300**2 overflows float16
-    out = ChannelRMSNorm(4)(x.half())
+    out = ChannelRMSNorm(4, num_groups=1, eps=1e-6, affine=True)(x.half())
     assert out.dtype == torch.float16
-    torch.testing.assert_close(out.float(), ChannelRMSNorm(4)(x), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        out.float(), ChannelRMSNorm(4, num_groups=1, eps=1e-6, affine=True)(x), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_groups_that_do_not_divide_a_channel_count_fail_validation_by_name():

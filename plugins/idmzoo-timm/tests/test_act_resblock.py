@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from timm.layers import get_act_layer
 
 import idmzoo
-from idmzoo.blocks.resblock import ResBlock
+from idmzoo import ResBlock
 
 SMALL_SPEC = Path(__file__).resolve().parents[3] / "specs" / "idm_uncond_ssn.json"
 
@@ -46,7 +46,9 @@ def test_silu_is_exactly_the_core_resblock_with_the_same_keys():
 @pytest.mark.parametrize("updown", [False, True], ids=["conv-resample", "resblock-updown"])
 def test_every_residual_block_uses_the_chosen_activation(updown):
     fields = {"upsample": {"type": "resblock_up"}, "downsample": {"type": "resblock_down"}} if updown else {}
-    model = randomized(idmzoo.build(spec_with_resblock({"type": "timm_act_resblock", "act": "gelu"}, **fields)))
+    model = randomized(
+        idmzoo.build(spec_with_resblock({"type": "timm_act_resblock", "act": "gelu"}, **fields))
+    )
     resblocks = [m for m in model.modules() if isinstance(m, ResBlock)]  # resblock_up/down too
     assert resblocks and all(isinstance(block, TimmActResBlock) for block in resblocks)
     gelu = get_act_layer("gelu")

@@ -39,7 +39,9 @@ def test_every_timm_norm_name_is_a_registered_block_of_idmzoo_timm():
     blocks = idmzoo.list_blocks("norm", "timm_*")
     assert sorted(info.name for info in blocks) == sorted(f"timm_{name}" for name in NAMES)
     assert {info.package for info in blocks} == {"idmzoo-timm"}
-    assert {"timm_groupnorm", "timm_layernorm2d", "timm_rmsnorm2d", "timm_layernorm"} <= {i.name for i in blocks}
+    assert {"timm_groupnorm", "timm_layernorm2d", "timm_rmsnorm2d", "timm_layernorm"} <= {
+        i.name for i in blocks
+    }
 
 
 def test_blocks_are_found_through_the_entry_point_without_importing_the_plugin():
@@ -102,7 +104,9 @@ def test_norms_run_in_1d_and_3d_models(name, dims):
 def test_timm_groupnorm_loads_the_reference_checkpoint_and_reproduces_its_output():
     fixture = torch.load(ROOT / "tests/fixtures/reference/idm_uncond_ssn.pt", weights_only=True)
     reference = idmzoo.spec_from_reference(fixture["library"], fixture["class"], fixture["kwargs"])
-    spec = idmzoo.Spec.model_validate({**reference.model_dump(), "norm": {"type": "timm_groupnorm", "eps": 1e-5}})
+    spec = idmzoo.Spec.model_validate(
+        {**reference.model_dump(), "norm": {"type": "timm_groupnorm", "eps": 1e-5}}
+    )
     model = idmzoo.load_checkpoint(spec, ROOT / "tests/fixtures/reference/idm_uncond_ssn.pt")
     with torch.no_grad():
         out = model.eval()(**fixture["inputs"])

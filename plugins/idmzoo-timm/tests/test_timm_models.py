@@ -37,8 +37,11 @@ def test_timm_keyword_arguments_are_validated_spec_overrides():
 
 
 def test_pretrained_explains_how_to_load_a_published_checkpoint():
-    with pytest.raises(NoPretrainedWeightsError, match=r"adm_imagenet256_cond has no pretrained weights to download"
-                       r"[\s\S]*256x256_diffusion\.pt[\s\S]*idmzoo\.load_checkpoint"):
+    with pytest.raises(
+        NoPretrainedWeightsError,
+        match=r"adm_imagenet256_cond has no pretrained weights to download"
+        r"[\s\S]*256x256_diffusion\.pt[\s\S]*idmzoo\.load_checkpoint",
+    ):
         timm.create_model("adm_imagenet256_cond", pretrained=True)
 
 

@@ -23,11 +23,9 @@ import torch.nn as nn
 from pydantic import Field
 
 import idmzoo
-from idmzoo.blocks.context import BlockContext
 
 __all__ = ["ConvTransposeParams", "conv_transpose_upsample", "register"]
 
-_CONV_TRANSPOSES: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 #: The 1-D weights of bilinear ×2 interpolation, laid out for kernel 4, stride 2, padding 1.
 _BILINEAR_TAPS = (0.25, 0.75, 0.75, 0.25)
 
@@ -59,7 +57,7 @@ def _bilinear_kernel(kernel: tuple[int, ...]) -> torch.Tensor:
     return weight
 
 
-def conv_transpose_upsample(channels: int, ctx: BlockContext, *, init: str = "default") -> nn.Module:
+def conv_transpose_upsample(channels: int, ctx: idmzoo.BlockContext, *, init: str) -> nn.Module:
     """A transposed convolution doubling the resolution of ``channels`` channels.
 
     Args:
@@ -71,7 +69,9 @@ def conv_transpose_upsample(channels: int, ctx: BlockContext, *, init: str = "de
         An ``nn.ConvTranspose1d/2d/3d`` (its parameters are ``weight`` and ``bias``).
     """
     kernel, stride, padding = _geometry(ctx.dims)
-    conv = _CONV_TRANSPOSES[ctx.dims](channels, channels, kernel, stride=stride, padding=padding)
+    conv = idmzoo.layer_nd("ConvTranspose", ctx.dims)(
+        channels, channels, kernel, stride=stride, padding=padding
+    )
     if init == "bilinear":
         with torch.no_grad():
             conv.weight.zero_()

@@ -29,14 +29,14 @@ class RMSNormParams(idmzoo.BlockParams):
     eps: PositiveFloat = Field(1e-6, description="Added to the mean square for numerical stability.")
     affine: bool = Field(True, description="Learn a per-channel gain (initialised to 1).")
 
-    def check(self, channels: int, stage: str) -> None:
+    def check(self, place: idmzoo.Place) -> None:
         """Reject a channel count the groups do not divide, before anything is built."""
-        if channels % self.num_groups:
-            raise idmzoo.SiteCheckError(
-                "num_groups",
-                f"num_groups={self.num_groups} does not divide {channels} channels; "
-                f"choose a divisor of every channel count (1 always works)",
-            )
+        idmzoo.check_divides(
+            "num_groups",
+            self.num_groups,
+            place.channels,
+            hint="; choose a divisor of every channel count (1 always works)",
+        )
 
 
 class ChannelRMSNorm(nn.Module):
@@ -49,9 +49,9 @@ class ChannelRMSNorm(nn.Module):
         affine: learn a per-channel gain ``weight``.
     """
 
-    def __init__(self, num_channels: int, *, num_groups: int = 1, eps: float = 1e-6, affine: bool = True) -> None:
+    def __init__(self, num_channels: int, *, num_groups: int, eps: float, affine: bool) -> None:
         super().__init__()
-        RMSNormParams(type="rms_norm", num_groups=num_groups, eps=eps).check(num_channels, "any")
+        idmzoo.check_divides("num_groups", num_groups, num_channels)
         self.num_groups = num_groups
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None

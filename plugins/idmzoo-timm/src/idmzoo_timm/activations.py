@@ -15,9 +15,7 @@ import torch.nn as nn
 from pydantic import Field
 from timm.layers import create_act, create_act_layer
 
-from idmzoo.blocks.context import BlockContext
-from idmzoo.blocks.resblock import ResBlock, ResBlockParams
-from idmzoo.errors import InvalidBlockError
+from idmzoo import BlockBuildError, BlockContext, ResBlock, ResBlockParams
 
 __all__ = ["TIMM_ACTIVATIONS", "TimmActResBlockParams", "TimmActResBlock"]
 
@@ -44,11 +42,11 @@ class TimmActResBlock(ResBlock):
         **resblock: the other ``ResBlock`` arguments (``resample``, ``use_scale_shift_norm``, ...).
 
     Raises:
-        InvalidBlockError: the core residual block no longer uses SiLU modules to replace.
+        BlockBuildError: the core residual block no longer uses SiLU modules to replace.
     """
 
     def __init__(
-        self, channels: int, out_channels: int, ctx: BlockContext, *, act: str = "silu", **resblock: Any
+        self, channels: int, out_channels: int, ctx: BlockContext, *, act: str, **resblock: Any
     ) -> None:
         super().__init__(channels, out_channels, ctx, **resblock)
         sites = [
@@ -58,7 +56,7 @@ class TimmActResBlock(ResBlock):
             if type(child) is nn.SiLU
         ]
         if not sites:
-            raise InvalidBlockError(
+            raise BlockBuildError(
                 "timm_act_resblock found no SiLU module in idmzoo's ResBlock to replace; "
                 "this idmzoo-timm does not match the installed idmzoo"
             )

@@ -16,6 +16,9 @@ def register_timm_blocks() -> None:
         factory, params, description = timm_norm_block(name)
         idmzoo.register_block("norm", f"timm_{name}", factory, params=params, description=description)
     idmzoo.register_block(
-        "resblock", "timm_act_resblock", TimmActResBlock, params=TimmActResBlockParams,
+        "resblock",
+        "timm_act_resblock",
+        TimmActResBlock,
+        params=TimmActResBlockParams,
         description="idmzoo's residual block with a timm activation (act) in place of SiLU.",
     )

@@ -16,8 +16,7 @@ import torch.nn as nn
 from timm.models import register_model
 
 import idmzoo
-from idmzoo.errors import IdmzooError
-from idmzoo.zoo import ZooEntry
+from idmzoo import IdmzooError, ZooEntry
 
 __all__ = ["NoPretrainedWeightsError"]
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 from pydantic import Field, PositiveFloat, PositiveInt, create_model
 from timm.layers import create_norm, get_norm_layer
 
-from idmzoo import BlockParams, SiteCheckError
+from idmzoo import BlockParams, Place, check_divides
 
 __all__ = ["TimmNormParams", "timm_norm_names", "timm_norm_block", "channels_first_norm"]
 
@@ -50,13 +50,15 @@ _SPEC_ARGUMENTS: dict[str, tuple[Any, str]] = {
 class TimmNormParams(BlockParams):
     """Base of the ``timm_*`` norms' parameter models (built from each layer's signature)."""
 
-    def check(self, channels: int, stage: str) -> None:
+    def check(self, place: Place) -> None:
         num_groups = getattr(self, "num_groups", None)
-        if num_groups is not None and channels % num_groups:
-            raise SiteCheckError(
+        if num_groups is not None:
+            check_divides(
                 "num_groups",
-                f"num_groups={num_groups} does not divide {channels} channels; choose a divisor "
-                "of every channel count in the model (e.g. 1, or a power of two dividing model_channels)",
+                num_groups,
+                place.channels,
+                hint="; choose a divisor of every channel count in the model (e.g. 1, or a power of two "
+                "dividing model_channels)",
             )
 
 
@@ -109,8 +111,11 @@ def channels_first_norm(layer: type[nn.Module]) -> type[nn.Module]:
     return type(
         f"ChannelsFirst{layer.__name__}",
         (_ChannelsFirstAdapter, layer),
-        {"__module__": __name__, "__doc__": f"timm's {layer.__name__} on [N, C, *spatial] tensors.",
-         "input_rank": _input_rank(layer)},
+        {
+            "__module__": __name__,
+            "__doc__": f"timm's {layer.__name__} on [N, C, *spatial] tensors.",
+            "input_rank": _input_rank(layer),
+        },
     )
 
 

@@ -1,23 +1,21 @@
-"""Specs from the reference libraries' constructor arguments and command-line flags.
+"""Specs from the reference model classes' constructor arguments.
 
 ``spec_from_reference`` reads the keyword arguments of improved-diffusion's and
-guided-diffusion's model classes exactly as their ``script_util`` passes them, and
-``spec_from_flags`` first turns a published command line into those arguments (see
-:mod:`idmzoo.reference_flags`).  The resulting spec builds a model with the reference's
-state-dict keys, so the published checkpoints load with ``strict=True``.
+guided-diffusion's model classes exactly as their ``script_util`` passes them.  The
+resulting spec builds a model with the reference's state-dict keys, so the published
+checkpoints load with ``strict=True``.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from .errors import IdmzooError
-from .reference_flags import reference_kwargs_from_flags
-from .spec import Spec
+from ..errors import ReferenceConversionError
+from ..messages import did_you_mean
+from ..spec import Spec
 
-__all__ = ["ReferenceConversionError", "spec_from_reference", "spec_from_flags", "REFERENCE_CLASSES"]
+__all__ = ["spec_from_reference", "REFERENCE_CLASSES"]
 
 _REQUIRED = ("in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions")
 _IDM_DEFAULTS: dict[str, Any] = {
@@ -54,10 +52,6 @@ REFERENCE_CLASSES: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]]
 _FAMILIES = {"UNetModel": "unet", "SuperResModel": "superres_unet", "EncoderUNetModel": "encoder_unet"}
 
 
-class ReferenceConversionError(IdmzooError, ValueError):
-    """Reference arguments that do not describe a model the reference could build."""
-
-
 def _unset(value: int) -> int | None:
     """The reference's ``-1`` ("not set") as ``None``."""
     return None if value == -1 else value
@@ -71,10 +65,8 @@ def _checked_arguments(library: str, model: str, kwargs: Mapping[str, Any]) -> d
     valid_names = (*required, *defaults)
     for name in kwargs:
         if name not in valid_names:
-            close = difflib.get_close_matches(name, valid_names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ReferenceConversionError(
-                f"{library} {model} has no argument {name!r}.{hint} Valid: {', '.join(valid_names)}"
+                f"{library} {model} has no argument {name!r}.{did_you_mean(name, valid_names, n=1)} Valid: {', '.join(valid_names)}"
             )
     missing = [name for name in required if name not in kwargs]
     if missing:
@@ -139,24 +131,3 @@ def spec_from_reference(library: str, model: str, kwargs: Mapping[str, Any]) -> 
         if a["pool"] == "attention":
             spec["pool"]["num_head_channels"] = a["num_head_channels"]
     return Spec.model_validate(spec)
-
-
-def spec_from_flags(
-    library: str, flags: str | Sequence[str] | Mapping[str, Any], kind: str = "model"
-) -> Spec:
-    """The spec of a published command line, with the library's defaults for flags not given.
-
-    Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
-        flags: ``"--image_size 64 --num_channels 128 ..."``, argv tokens, or a mapping.
-        kind: ``"model"``, ``"sr"`` (super-resolution) or ``"classifier"``.
-
-    Raises:
-        FlagError: an unknown flag or an impossible value (named in the message).
-
-    Examples:
-        >>> spec_from_flags("improved-diffusion", "--image_size 32 --num_channels 128 "
-        ...                 "--num_res_blocks 3 --learn_sigma True --dropout 0.3")
-    """
-    model, kwargs = reference_kwargs_from_flags(library, flags, kind)
-    return spec_from_reference(library, model, kwargs)

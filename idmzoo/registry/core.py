@@ -3,34 +3,44 @@
 A block is a factory (an ``nn.Module`` class or any callable returning one) plus a
 pydantic model of its own parameters.  Built-in blocks and third-party plugins register
 through the same :func:`register_block`; a spec then names a block by ``kind`` and
-``name``.  Plugins are discovered lazily (see :mod:`idmzoo.plugins`) the first time the
-registry is consulted.
+``name``.  The registry owns all loading state: the first lookup imports idmzoo's own
+block modules and then runs every other distribution's entry points (see
+:mod:`idmzoo.registry.discovery`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import fnmatch
+import functools
 import importlib.metadata
 import inspect
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
-from . import plugins
-from .errors import DuplicateBlockError, InvalidBlockError, UnknownBlockError
+from ..errors import (
+    DuplicateBlockError,
+    IdmzooPluginWarning,
+    InvalidBlockError,
+    PluginLoadError,
+    UnknownBlockError,
+)
+from ..messages import did_you_mean, shorten
+from . import discovery
+from .params import BlockParams, Place
 
 __all__ = [
     "BLOCK_KINDS",
-    "BlockParams",
     "BlockInfo",
     "BlockRegistry",
-    "SiteCheckError",
     "REGISTRY",
     "register_block",
     "get_block",
@@ -49,58 +59,66 @@ BLOCK_KINDS: tuple[str, ...] = (
     "pool",
 )
 
-
 #: The registry whose plugins are being loaded, so their ``register_block`` calls land there.
 _LOADING_INTO: ContextVar[BlockRegistry | None] = ContextVar("idmzoo_loading_into", default=None)
+_REGISTRY_DIR = str(Path(__file__).resolve().parent)
 
 
-class SiteCheckError(ValueError):
-    """Raised by :meth:`BlockParams.check` when a block cannot work at some place in the model.
+@functools.cache
+def _distributions_by_package() -> dict[str, list[str]]:
+    """``packages_distributions()`` read once: scanning site-packages costs tens of milliseconds."""
+    return importlib.metadata.packages_distributions()
 
-    Args:
-        field: the parameter of the block at fault (reported as the JSON path
-            ``<kind>.<field>``), or ``None`` for the block as a whole.
-        message: what is wrong and what would be valid.
+
+def _distribution_of(obj: Any) -> str:
+    """The installed distribution that ships ``obj``'s top-level package, else that package."""
+    top = (getattr(obj, "__module__", None) or "__main__").split(".")[0]
+    if top == "idmzoo":
+        return discovery.BUILTIN_PACKAGE
+    dists = _distributions_by_package().get(top)
+    return dists[0] if dists else top
+
+
+def _stacklevel() -> int:
+    """The stack level of the first frame outside this package: the plugin's registration line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_REGISTRY_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _takes_place(hook: Callable[..., Any]) -> bool:
+    """Whether a validation hook has the current ``(place)`` signature, not ``(channels, stage)``."""
+    return len(inspect.signature(hook).parameters) == 2  # self, place
+
+
+def _code_fields(params: type[BaseModel]) -> list[str]:
+    """Fields of ``params`` whose validation imports or calls its input (ImportString, Callable).
+
+    Read from the compiled pydantic schema, so a field hidden in a list, an optional or an
+    ``Annotated`` is found as well.
     """
+    found: set[str] = set()
 
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, name)
+        if not isinstance(node, dict):
+            return
+        function = node.get("function")
+        validator = function.get("function") if isinstance(function, dict) else None
+        if node.get("type") == "callable" or getattr(validator, "__name__", "") == "import_string":
+            found.add(name)
+        for key, value in node.items():
+            if key == "fields" and node.get("type") == "model-fields":
+                for sub_name, sub in value.items():
+                    walk(sub, sub_name)
+            else:
+                walk(value, name)
 
-
-class BlockParams(BaseModel):
-    """Base class of every block's parameter model.
-
-    Subclass it with the block's own parameters (typed, with defaults and
-    ``Field(description=...)``).  ``type`` is filled in by the registry with the name the
-    block is registered under.  Unknown keys are rejected so typos fail at validation.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str = Field(description="The registered name of the block.")
-
-    def check(self, channels: int, stage: str) -> None:
-        """Reject a place in the model where this block cannot work, before anything is built.
-
-        Called for every place the block will be built, with its input channel count and
-        the U-Net stage (``"input"``, ``"middle"``, ``"output"`` or ``"head"``).  Norms are
-        checked against every channel count that a norm will see.  Raise
-        :class:`SiteCheckError` naming the offending parameter.
-        """
-
-    def inner_norm_channels(self, channels: int) -> tuple[int, ...]:
-        """Channel counts of the norms the block builds besides those at its input and output.
-
-        A block with an inner layer of its own width that it normalizes (e.g. an MLP head's
-        hidden layer) returns that width, so the spec's norm is checked against it at
-        validation instead of failing inside the build.  ``channels`` is the block's input.
-        """
-        return ()
-
-    def factory_kwargs(self) -> dict[str, Any]:
-        """The parameters as keyword arguments for the factory (everything but ``type``)."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name != "type"}
+    walk(params.__pydantic_core_schema__, params.__name__)
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,7 @@ class BlockInfo:
     description: str
     package: str
     override: bool = False
+    _legacy_hooks: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def qualified_name(self) -> str:
@@ -137,41 +156,18 @@ class BlockInfo:
         """Call the factory with the builder's arguments and the block's own parameters."""
         return self.factory(*args, **kwargs, **config.factory_kwargs())
 
+    def check(self, config: BlockParams, place: Place) -> None:
+        """Run the block's ``check`` hook at ``place`` (older ``(channels, stage)`` hooks too)."""
+        if "check" in self._legacy_hooks:
+            config.check(place.channels, place.stage)  # type: ignore[call-arg]
+        else:
+            config.check(place)
 
-def _distribution_of(obj: Any) -> str:
-    """The installed distribution that ships ``obj``'s top-level package, else that package."""
-    top = (getattr(obj, "__module__", None) or "__main__").split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top)
-    return dists[0] if dists else top
-
-
-def _code_fields(params: type[BaseModel]) -> list[str]:
-    """Fields of ``params`` whose validation imports or calls its input (ImportString, Callable).
-
-    Read from the compiled pydantic schema, so a field hidden in a list, an optional or an
-    ``Annotated`` is found as well.
-    """
-    found: set[str] = set()
-
-    def walk(node: Any, field: str) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item, field)
-        if not isinstance(node, dict):
-            return
-        function = node.get("function")
-        validator = function.get("function") if isinstance(function, dict) else None
-        if node.get("type") == "callable" or getattr(validator, "__name__", "") == "import_string":
-            found.add(field)
-        for key, value in node.items():
-            if key == "fields" and node.get("type") == "model-fields":
-                for name, sub in value.items():
-                    walk(sub, name)
-            else:
-                walk(value, field)
-
-    walk(params.__pydantic_core_schema__, params.__name__)
-    return sorted(found)
+    def inner_norm_channels(self, config: BlockParams, place: Place) -> tuple[int, ...]:
+        """The block's ``inner_norm_channels`` at ``place`` (older ``(channels)`` hooks too)."""
+        if "inner_norm_channels" in self._legacy_hooks:
+            return tuple(config.inner_norm_channels(place.channels))  # type: ignore[arg-type]
+        return tuple(config.inner_norm_channels(place))
 
 
 class BlockRegistry:
@@ -179,7 +175,7 @@ class BlockRegistry:
 
     Args:
         kinds: the block kinds this registry accepts.
-        discover: whether the first lookup loads the ``idmzoo.blocks`` entry points.
+        discover: whether the first lookup loads idmzoo's built-ins and the plugins.
     """
 
     def __init__(self, kinds: tuple[str, ...] = BLOCK_KINDS, *, discover: bool = True) -> None:
@@ -192,28 +188,71 @@ class BlockRegistry:
         self._loading_package: str | None = None
         #: ``(registered, replaced)`` pairs of the plugin being loaded, to undo on failure.
         self._journal: list[tuple[BlockInfo, BlockInfo | None]] | None = None
-        #: ``(distribution, cause)`` of every plugin that failed to load.
-        self.failed_plugins: list[tuple[str, str]] = []
+        #: The built-in registrations, so a fresh registry starts with them too.
+        self._builtins: list[BlockInfo] = []
+        #: Every plugin that failed to load, and how long each plugin took.
+        self.failed_plugins: list[discovery.PluginFailure] = []
+        self.plugin_timings: list[discovery.PluginTiming] = []
 
     # -- discovery -------------------------------------------------------------------
 
     def ensure_discovered(self) -> None:
-        """Load the entry-point plugins once, on the first use of the registry.
+        """Load the built-ins, then every plugin, once, on the first use of the registry.
 
         Other threads wait until loading has finished, so none sees half the plugins;
         the loading thread itself (a plugin looking a block up) passes straight through.
+        In strict mode (``IDMZOO_STRICT_PLUGINS=1``) every lookup raises while a plugin
+        is broken, after everything that could be loaded was.
+
+        Raises:
+            PluginLoadError: strict mode, and at least one plugin failed to load.
         """
-        if not self._discover or self._discovered:
+        if self._discover and not self._discovered:
+            with self._lock:
+                if not (self._discovered or self._discovering):
+                    self._discovering = True
+                    try:
+                        self._load_builtins()
+                        self._load_plugins()
+                    finally:
+                        self._discovering = False
+                        self._discovered = True
+        if self.failed_plugins and discovery.strict_plugins() and not self._discovering:
+            raise PluginLoadError(
+                f"{len(self.failed_plugins)} plugin(s) failed to load ({discovery.STRICT_ENV_VAR} is set): "
+                + "; ".join(failure.message() for failure in self.failed_plugins)
+            )
+
+    def _load_builtins(self) -> None:
+        if self is REGISTRY:
+            with self.loading(discovery.BUILTIN_PACKAGE):
+                discovery.import_builtins()
             return
-        with self._lock:
-            if self._discovered or self._discovering:
-                return
-            self._discovering = True
-            try:
-                plugins.load_entry_point_plugins(self)
-            finally:
-                self._discovering = False
-                self._discovered = True
+        REGISTRY._load_builtins()
+        for info in REGISTRY._builtins:
+            self._blocks[info.kind].setdefault(info.name, info)
+
+    def _load_plugins(self) -> None:
+        for dist, entry_point in discovery.plugin_entry_points():
+            failure, timing = discovery.run_plugin(dist, entry_point, self.loading)
+            self.plugin_timings.append(timing)
+            if failure is not None:
+                self.failed_plugins.append(failure)
+                if not discovery.strict_plugins():
+                    warnings.warn_explicit(
+                        failure.message(),
+                        IdmzooPluginWarning,
+                        failure.filename or "<plugin>",
+                        failure.lineno,
+                        module=dist,
+                    )
+            elif timing.seconds > discovery.SLOW_PLUGIN_SECONDS:
+                warnings.warn(
+                    f"plugin {dist!r} took {timing.seconds:.1f} s to load, which every idmzoo command "
+                    f"pays; `idmzoo --debug list-blocks` lists every plugin's load time",
+                    IdmzooPluginWarning,
+                    stacklevel=2,
+                )
 
     @contextlib.contextmanager
     def loading(self, package: str) -> Iterator[None]:
@@ -262,31 +301,47 @@ class BlockRegistry:
             __doc__=params.__doc__,
             type=(Literal[name, f"{package}:{name}"], Field(name, description="The block's name.")),
         )
-        info = BlockInfo(kind, name, factory, typed_params, description.strip(), package, override)
+        legacy = frozenset(
+            hook for hook in ("check", "inner_norm_channels") if not _takes_place(getattr(params, hook))
+        )
+        info = BlockInfo(kind, name, factory, typed_params, description.strip(), package, override, legacy)
         with self._lock:
             existing = self._blocks[kind].get(name)
             if existing is not None and existing.override and not override:
-                return existing  # an override claimed the name on purpose, before this loaded
+                warnings.warn(
+                    f"{kind} block {name!r} of {package!r} is not used: {existing.package!r} replaced "
+                    f"it with override=True; name {existing.package}'s or rename this one",
+                    IdmzooPluginWarning,
+                    stacklevel=_stacklevel(),
+                )
+                return existing
             if existing is not None and not override:
                 raise DuplicateBlockError(
                     f"{kind} block {name!r} is registered twice: by {existing.package!r} "
                     f"and by {package!r}. Rename one of them, or pass override=True to "
                     f"replace {existing.package}'s on purpose."
                 )
+            if existing is not None and existing.package != package:
+                warnings.warn(
+                    f"{kind} block {name!r} of {package!r} (override=True) replaces the one of "
+                    f"{existing.package!r} in every spec that names it",
+                    IdmzooPluginWarning,
+                    stacklevel=_stacklevel(),
+                )
             self._blocks[kind][name] = info
+            if package == discovery.BUILTIN_PACKAGE and self is REGISTRY:
+                self._builtins.append(info)
             if self._journal is not None:
                 self._journal.append((info, existing))
         return info
 
-    def _check_registration(
-        self, kind: str, name: str, factory: Any, params: Any, description: Any
-    ) -> None:
+    def _check_registration(self, kind: str, name: str, factory: Any, params: Any, description: Any) -> None:
         if kind not in self._blocks:
             raise InvalidBlockError(f"kind must be one of {', '.join(self.kinds)}, but got {kind!r}")
         if not isinstance(name, str) or not name or ":" in name or name != name.strip():
             raise InvalidBlockError(
                 f"{kind} block name must be a non-empty string without ':' or surrounding "
-                f"spaces, but got {name!r}"
+                f"spaces, but got {shorten(repr(name))}"
             )
         if not callable(factory):
             raise InvalidBlockError(
@@ -294,8 +349,7 @@ class BlockRegistry:
             )
         if not (inspect.isclass(params) and issubclass(params, BlockParams)):
             raise InvalidBlockError(
-                f"{kind} block {name!r}: params must be a subclass of idmzoo.BlockParams, "
-                f"but got {params!r}"
+                f"{kind} block {name!r}: params must be a subclass of idmzoo.BlockParams, but got {params!r}"
             )
         if not isinstance(description, str) or not description.strip():
             raise InvalidBlockError(f"{kind} block {name!r}: description must be a non-empty string")
@@ -309,6 +363,7 @@ class BlockRegistry:
 
     def unregister(self, kind: str, name: str) -> BlockInfo:
         """Remove a block (tests and plugin teardown); returns what was removed."""
+        self.ensure_discovered()
         self._check_kind(kind)
         with self._lock:
             info = self._blocks[kind].pop(name, None)
@@ -320,7 +375,9 @@ class BlockRegistry:
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self._blocks:
-            raise UnknownBlockError(f"unknown block kind {kind!r}; valid kinds: {', '.join(self.kinds)}")
+            raise UnknownBlockError(
+                f"unknown block kind {shorten(repr(kind))}; valid kinds: {', '.join(self.kinds)}"
+            )
 
     def get(self, kind: str, name: str) -> BlockInfo:
         """The block registered as ``name`` (or ``package:name``) of ``kind``.
@@ -342,13 +399,11 @@ class BlockRegistry:
     def unknown_name_message(self, kind: str, name: str) -> str:
         """The message for an unknown ``name``: closest matches first, then every valid name."""
         known = sorted(self._blocks[kind])
-        close = difflib.get_close_matches(name.rpartition(":")[2], known, n=3, cutoff=0.5)
-        message = f"unknown {kind} block {name!r}."
-        if close:
-            message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        message = f"unknown {kind} block {shorten(repr(name))}."
+        message += did_you_mean(name.rpartition(":")[2], known)
         message += f" Registered {kind} blocks: {', '.join(known) or '(none)'}."
-        for dist, cause in self.failed_plugins:
-            message += f" Note: plugin {dist!r} failed to load ({cause})."
+        for failure in self.failed_plugins:
+            message += f" Note: plugin {failure.distribution!r} failed to load ({failure.cause})."
         return message
 
     def list(self, kind: str | None = None, pattern: str = "*") -> list[BlockInfo]:
@@ -384,7 +439,7 @@ def register_block(
     name: str,
     factory: Callable[..., Any] | None = None,
     *,
-    params: type[BlockParams],
+    params: type[BlockParams] = BlockParams,
     description: str,
     package: str | None = None,
     override: bool = False,
@@ -399,16 +454,17 @@ def register_block(
         name: the name specs will use; unique per kind.  May be given qualified in specs
             as ``"<package>:<name>"``.
         factory: the ``nn.Module`` class or callable; omit it to use as a decorator.
-        params: the block's :class:`BlockParams` subclass.
+        params: the block's :class:`BlockParams` subclass (``BlockParams`` itself for a
+            block without parameters).
         description: one line shown by ``idmzoo list-blocks``.
         package: the providing distribution; defaults to the plugin being loaded, or the
             distribution that ships ``factory``'s module.
         override: replace the block of the same kind and name, whether it registers
-            before or after this one.
+            before or after this one (with a warning naming both distributions).
 
     Returns:
         The :class:`BlockInfo` now registered under the name (an earlier override's, if
-        one claimed it), or (as a decorator) the decorated factory unchanged.
+        one claimed it, with a warning), or (as a decorator) the decorated factory unchanged.
 
     Raises:
         DuplicateBlockError: the name is taken and ``override`` is false.
@@ -422,15 +478,11 @@ def register_block(
     if factory is None:
 
         def decorator(target: Callable[..., Any]) -> Callable[..., Any]:
-            registry.register(
-                kind, name, target, params, description, package=package, override=override
-            )
+            registry.register(kind, name, target, params, description, package=package, override=override)
             return target
 
         return decorator
-    return registry.register(
-        kind, name, factory, params, description, package=package, override=override
-    )
+    return registry.register(kind, name, factory, params, description, package=package, override=override)
 
 
 def get_block(kind: str, name: str) -> BlockInfo:
