@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -149,7 +148,10 @@ def test_create_takes_seed_and_check_shapes_apart_from_spec_overrides():
     first = idmzoo.create("idm_cifar10_uncond", seed=0, check_shapes=True, **small)
     second = idmzoo.create("idm_cifar10_uncond", seed=0, **small)
     assert first.spec.model_channels == 32
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
 
 
 def test_pool_heads_refuse_a_misspelt_parameter():
