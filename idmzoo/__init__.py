@@ -4,6 +4,7 @@ from .builder import build
 from .checkpoint import load_checkpoint
 from .errors import (
     CheckpointError,
+    DownloadError,
     DuplicateBlockError,
     IdmzooError,
     IdmzooPluginWarning,
@@ -34,6 +35,7 @@ __all__ = [
     "BlockInfo",
     "BlockParams",
     "CheckpointError",
+    "DownloadError",
     "DuplicateBlockError",
     "FamilyParams",
     "IdmzooError",

@@ -9,6 +9,7 @@ __all__ = [
     "InvalidBlockError",
     "PluginLoadError",
     "CheckpointError",
+    "DownloadError",
     "IdmzooPluginWarning",
 ]
 
@@ -42,6 +43,10 @@ class PluginLoadError(IdmzooError):
 
 class CheckpointError(IdmzooError, ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class DownloadError(IdmzooError):
+    """A file that could not be downloaded, or whose bytes are not the ones recorded for it."""
 
 
 class IdmzooPluginWarning(UserWarning):
