@@ -21,8 +21,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import IO, BinaryIO, TextIO
 
 from .errors import DownloadError
 
@@ -46,9 +47,22 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Follows at most 5 redirects (urllib allows 10), still only to http and https."""
+    """Follows at most 5 redirects (urllib allows 10), and only to http and https (urllib: ftp too)."""
 
     max_redirections = 5
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme not in _SCHEMES:
+            raise urllib.error.HTTPError(newurl, code, f"redirected to {newurl}, not http(s)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def cache_dir() -> Path:

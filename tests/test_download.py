@@ -268,11 +268,15 @@ def test_timeout(server: Server, cache: Path) -> None:
 
 
 def test_redirects_are_followed_but_limited(server: Server) -> None:
-    server.redirects = {"/old.pt": f"/{NAME}", "/loop.pt": "/loop.pt"}
+    server.redirects = {"/old.pt": f"/{NAME}", "/loop.pt": "/loop.pt", "/ftp.pt": "ftp://127.0.0.1/x.pt"}
     assert download(server.url("/old.pt"), sha256=SHA, progress=False).read_bytes() == DATA
     with pytest.raises(DownloadError, match=r"cannot download .*/loop\.pt: HTTP 302 .*redirect") as err:
         download(server.url("/loop.pt"), progress=False)
     assert "\n" not in str(err.value)
+    with pytest.raises(
+        DownloadError, match=r"HTTP 302 redirected to ftp://127\.0\.0\.1/x\.pt, not http\(s\)"
+    ):
+        download(server.url("/ftp.pt"), progress=False)
 
 
 def test_mirror_rewrites_scheme_host_and_prefixes_path(monkeypatch: pytest.MonkeyPatch) -> None:
