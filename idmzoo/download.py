@@ -277,8 +277,9 @@ def _fetch(
     if sha256 is not None and digest.hexdigest() != sha256:
         part.unlink()
         raise DownloadError(
-            f"sha256 mismatch for {where}: expected {sha256}, got {digest.hexdigest()}; "
-            f"the file was removed; {hint}"
+            f"sha256 mismatch for {where}: expected {sha256}, got {digest.hexdigest()}; the file was removed"
+            + (f" (its first {offset} bytes came from an interrupted download: run again)" if offset else "")
+            + f"; {hint}"
         )
 
 
@@ -302,7 +303,7 @@ def _receive(
         f.truncate()
         while True:
             try:
-                chunk = response.read(_CHUNK)
+                chunk = response.read1(_CHUNK)  # what has arrived: a stall loses none of it
             except (OSError, http.client.HTTPException) as err:
                 failure = err
                 break

@@ -206,7 +206,7 @@ def test_server_ignoring_range_restarts_cleanly(server: Server, cache: Path) -> 
 def test_resumed_prefix_is_hashed_too(server: Server, cache: Path) -> None:
     cache.mkdir(parents=True)
     (cache / f"{NAME}.part").write_bytes(b"x" * 1000)  # same length as a real prefix, other bytes
-    with pytest.raises(DownloadError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch.*first 1000 bytes came from an interrupted"):
         download(server.url(), sha256=SHA, progress=False)
     assert leftovers(cache) == []
     assert download(server.url(), sha256=SHA, progress=False).read_bytes() == DATA
@@ -265,6 +265,19 @@ def test_timeout(server: Server, cache: Path) -> None:
     with pytest.raises(DownloadError, match=r"timed out after 0\.2 s"):
         download(server.url(), timeout=0.2, progress=False)
     assert not (cache / NAME).exists()
+
+
+def test_stall_mid_body_keeps_the_prefix_for_resuming(server: Server, cache: Path) -> None:
+    server.hold = threading.Event()
+    half = len(DATA) // 2
+    with pytest.raises(
+        DownloadError, match=rf"stopped after {half} of {len(DATA)} bytes \(timed out after 0\.2 s\)"
+    ):
+        download(server.url(), sha256=SHA, timeout=0.2, progress=False)
+    assert leftovers(cache) == [f"{NAME}.part"]
+    server.hold.set()
+    assert download(server.url(), sha256=SHA, progress=False).read_bytes() == DATA
+    assert server.requests[1] == (f"/{NAME}", f"bytes={half}-")
 
 
 def test_redirects_are_followed_but_limited(server: Server) -> None:
