@@ -156,6 +156,17 @@ def test_progress_on_stderr_only_when_asked_or_a_terminal(
     assert "c.pt: 300.0 KiB / 300.0 KiB 100%" in capsys.readouterr().err
 
 
+def test_progress_by_default_on_a_terminal(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    download(server.url())
+    assert f"{NAME}: 300.0 KiB / 300.0 KiB 100%" in terminal.getvalue()
+
+
 def test_hash_mismatch_is_refused_and_removed(server: Server, cache: Path) -> None:
     wrong = DATA[:-1] + b"!"
     server.files[f"/{NAME}"] = wrong
