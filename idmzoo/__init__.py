@@ -72,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "UnknownModelError": "idmzoo.errors",
     "FlagError": "idmzoo.errors",
     "ReferenceConversionError": "idmzoo.errors",
+    "DownloadError": "idmzoo.errors",
     "IdmzooPluginWarning": "idmzoo.errors",
 }
 
@@ -101,6 +102,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from .errors import (
         BlockBuildError,
         CheckpointError,
+        DownloadError,
         DuplicateBlockError,
         FlagError,
         IdmzooError,

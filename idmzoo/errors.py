@@ -19,6 +19,7 @@ __all__ = [
     "UnknownModelError",
     "FlagError",
     "ReferenceConversionError",
+    "DownloadError",
     "IdmzooPluginWarning",
 ]
 
@@ -85,6 +86,10 @@ class FlagError(IdmzooError, ValueError):
 
 class ReferenceConversionError(IdmzooError, ValueError):
     """Reference constructor arguments that do not describe a model the reference could build."""
+
+
+class DownloadError(IdmzooError):
+    """A file that could not be downloaded, or whose bytes are not the ones recorded for it."""
 
 
 class IdmzooPluginWarning(UserWarning):
