@@ -26,6 +26,8 @@ def register_builtin_blocks() -> None:
                    description="Multi-head QKV self-attention, improved-diffusion layout (heads, then q/k/v).")
     register_block("attention", "new_order_attention", attention.SplitOrderAttention, params=attention.AttentionParams,
                    description="Multi-head QKV self-attention, guided-diffusion's new order (q/k/v, then heads).")
+    register_block("attention", "conv2d_attention", attention.Conv2dProjectionAttention, params=attention.AttentionParams,
+                   description="Multi-head QKV self-attention, consistency-models layout (q/k/v, then heads; Conv2d).")
     register_block("upsample", "nearest_conv", resample.nearest_conv_upsample, params=BlockParams,
                    description="Nearest-neighbour x2, then a 3x3 conv.")
     register_block("upsample", "nearest", resample.nearest_upsample, params=BlockParams,
