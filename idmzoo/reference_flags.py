@@ -1,11 +1,12 @@
 """Turn reference command-line flags into reference model-constructor kwargs.
 
 The training and sampling scripts of openai/improved-diffusion ("IDM",
-commit ``1bc7bbb``) and openai/guided-diffusion ("ADM", commit ``22e0df8``)
-build their argparse parsers from a *defaults dict* in ``script_util.py``
-(``add_dict_to_argparser``) and then hand the parsed values to a ``create_*``
-function that computes the constructor kwargs of a U-Net class. This module
-emulates that pipeline without importing either library (or torch), so a
+commit ``1bc7bbb``), openai/guided-diffusion ("ADM", commit ``22e0df8``) and
+openai/consistency_models ("CM", commit ``e32b69e``) build their argparse
+parsers from a *defaults dict* in ``script_util.py`` (``add_dict_to_argparser``)
+and then hand the parsed values to a ``create_*`` function that computes the
+constructor kwargs of a U-Net class. This module
+emulates that pipeline without importing any of them (or torch), so a
 published command line such as the README's ``MODEL_FLAGS`` can be turned into
 the exact keyword arguments the reference passed to its model class.
 
@@ -21,14 +22,19 @@ Flag sets (one per library and kind; anything outside the set is an error):
   -> ``sr_create_model`` -> ``SuperResModel``.
 * ``("guided-diffusion", "classifier")`` - ``classifier_and_diffusion_defaults()``
   -> ``create_classifier`` -> ``EncoderUNetModel``.
+* ``("consistency-models", "model")`` - ``model_and_diffusion_defaults()``
+  -> ``create_model`` -> ``UNetModel`` (guided-diffusion's ``create_model``: the
+  same channel_mult tables and kwargs; only the defaults differ).
 
 Flags that only configure the Gaussian diffusion (``diffusion_steps``,
 ``noise_schedule``, ``timestep_respacing``, ``use_kl``, ``predict_xstart``,
-``rescale_timesteps``, ``rescale_learned_sigmas`` and IDM's ``sigma_small``)
-are accepted and type-checked exactly like argparse would, but they do not
-change the returned kwargs. ``learn_sigma`` is listed among the diffusion
+``rescale_timesteps``, ``rescale_learned_sigmas``, IDM's ``sigma_small`` and
+CM's ``sigma_min``, ``sigma_max`` and ``weight_schedule``, which only reach its
+``KarrasDenoiser``) are accepted and type-checked exactly like argparse would,
+but they do not change the returned kwargs. ``learn_sigma`` is listed among the diffusion
 defaults in ADM, yet it doubles ``out_channels`` of the U-Nets (it is ignored
-by the classifier). ``small_size`` is accepted by the super-resolution flag
+by the classifier). CM passes ``use_new_attention_order`` on to ``UNetModel``,
+whose attention ignores it. ``small_size`` is accepted by the super-resolution flag
 sets but ignored by ``sr_create_model`` in both libraries.
 
 Values are parsed the way ``add_dict_to_argparser`` sets them up: the argparse
@@ -61,14 +67,14 @@ __all__ = [
     "str2bool",
 ]
 
-LIBRARIES: tuple[str, ...] = ("improved-diffusion", "guided-diffusion")
+LIBRARIES: tuple[str, ...] = ("improved-diffusion", "guided-diffusion", "consistency-models")
 """Library names accepted by :func:`reference_kwargs_from_flags`."""
 
 KINDS: tuple[str, ...] = ("model", "sr", "classifier")
 """Model kinds: ``create_model``, ``sr_create_model``, ``create_classifier``."""
 
 NUM_CLASSES = 1000
-"""``script_util.NUM_CLASSES`` in both libraries (ImageNet)."""
+"""``script_util.NUM_CLASSES`` in every library (ImageNet)."""
 
 
 class FlagError(IdmzooError, ValueError):
@@ -144,6 +150,29 @@ _ADM_CLASSIFIER_AND_DIFFUSION: dict[str, object] = {
 }
 
 
+_CM_MODEL_AND_DIFFUSION: dict[str, object] = {
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 2,
+    "num_heads": 4,
+    "num_heads_upsample": -1,
+    "num_head_channels": -1,
+    "attention_resolutions": "32,16,8",
+    "channel_mult": "",
+    "dropout": 0.0,
+    "class_cond": False,
+    "use_checkpoint": False,
+    "use_scale_shift_norm": True,
+    "resblock_updown": False,
+    "use_fp16": False,
+    "use_new_attention_order": False,
+    "learn_sigma": False,
+    "weight_schedule": "karras",
+}
+
+
 def _sr_defaults(model_defaults: Mapping[str, object], dropped: set[str]) -> dict[str, object]:
     """Emulate ``sr_model_and_diffusion_defaults``.
 
@@ -167,6 +196,7 @@ _DEFAULTS: dict[tuple[str, str], dict[str, object]] = {
         _ADM_MODEL_AND_DIFFUSION, {"image_size", "channel_mult", "use_new_attention_order"}
     ),
     ("guided-diffusion", "classifier"): _ADM_CLASSIFIER_AND_DIFFUSION,
+    ("consistency-models", "model"): _CM_MODEL_AND_DIFFUSION,
 }
 
 # Flags the reference *scripts* add on top of the script_util defaults (data,
@@ -189,6 +219,21 @@ _SCRIPT_ONLY_FLAGS: dict[str, frozenset[str]] = {
             "use_ddim", "model_path", "base_samples", "classifier_path",
             "classifier_scale", "val_data_dir", "noised", "iterations", "anneal_lr",
             "eval_interval",
+        }
+    ),
+    "consistency-models": frozenset(
+        {
+            # cm_train.py / edm_train.py, and cm_train_defaults()
+            "data_dir", "schedule_sampler", "lr", "weight_decay", "lr_anneal_steps",
+            "global_batch_size", "batch_size", "microbatch", "ema_rate", "log_interval",
+            "save_interval", "resume_checkpoint", "fp16_scale_growth", "teacher_model_path",
+            "teacher_dropout", "training_mode", "target_ema_mode", "scale_mode",
+            "total_training_steps", "start_ema", "start_scales", "end_scales",
+            "distill_steps_per_iter", "loss_norm",
+            # image_sample.py / ternary_search.py
+            "generator", "clip_denoised", "num_samples", "sampler", "s_churn", "s_tmin",
+            "s_tmax", "s_noise", "steps", "model_path", "seed", "ts", "begin", "end",
+            "ref_batch",
         }
     ),
 }
@@ -509,14 +554,16 @@ _ADM_CHANNEL_MULT = {
 }
 
 
-def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
+def _adm_create_model(
+    a: Mapping[str, object], where: str = "guided-diffusion create_model"
+) -> tuple[str, dict]:
     size = a["image_size"]
     channel_mult_flag = a["channel_mult"]
     assert isinstance(channel_mult_flag, str)
     if channel_mult_flag == "":
         if size not in _ADM_CHANNEL_MULT:
             raise _unsupported(
-                "image_size", size, sorted(_ADM_CHANNEL_MULT), "guided-diffusion create_model",
+                "image_size", size, sorted(_ADM_CHANNEL_MULT), where,
                 " (or pass --channel_mult explicitly)",
             )
         channel_mult = list(_ADM_CHANNEL_MULT[size])
@@ -535,6 +582,11 @@ def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
         **_adm_only_kwargs(a),
         "use_new_attention_order": a["use_new_attention_order"],
     }
+
+
+def _cm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
+    # cm/script_util.py's create_model is guided-diffusion's, line for line
+    return _adm_create_model(a, "consistency-models create_model")
 
 
 def _adm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
@@ -587,6 +639,7 @@ _BUILDERS: dict[tuple[str, str], Callable[[Mapping[str, object]], tuple[str, dic
     ("guided-diffusion", "model"): _adm_create_model,
     ("guided-diffusion", "sr"): _adm_sr_create_model,
     ("guided-diffusion", "classifier"): _adm_create_classifier,
+    ("consistency-models", "model"): _cm_create_model,
 }
 
 
@@ -612,9 +665,10 @@ def _check_library_kind(library: object, kind: object) -> tuple[str, str]:
             "'classifier' (create_classifier -> EncoderUNetModel, guided-diffusion only)"
         )
     if (library, kind) not in _DEFAULTS:
+        valid = ", ".join(repr(k) for lib, k in _DEFAULTS if lib == library)
         raise FlagError(
-            f"{library} has no {kind} (create_classifier exists only in guided-diffusion); "
-            "valid kinds for improved-diffusion: 'model', 'sr'"
+            f"{library} has no {kind} (create_classifier exists only in guided-diffusion, "
+            f"sr_create_model not in consistency-models); valid kinds for {library}: {valid}"
         )
     return library, kind  # type: ignore[return-value]
 
@@ -626,7 +680,7 @@ def reference_flag_defaults(library: str, kind: str = "model") -> dict[str, obje
     (minus the script-only training/sampling flags), in the reference order.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
         kind: ``"model"``, ``"sr"`` or ``"classifier"`` (guided-diffusion only).
 
     Returns:
@@ -656,7 +710,7 @@ def reference_kwargs_from_flags(
     ``image_size // resolution`` in the order the flag lists the resolutions.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
         flags: The flags, as one string (``shlex``-split, e.g.
             ``"--image_size 64 --learn_sigma True"``), a sequence of argv
             tokens, or a mapping ``{flag name: value}`` (names with or without
@@ -664,16 +718,17 @@ def reference_kwargs_from_flags(
             line or Python values of the flag's type). Both ``--flag value``
             and ``--flag=value`` are accepted; a repeated flag keeps its last
             value, as with argparse.
-        kind: ``"model"`` (``UNetModel``), ``"sr"`` (``SuperResModel``) or
-            ``"classifier"`` (``EncoderUNetModel``, guided-diffusion only).
+        kind: ``"model"`` (``UNetModel``), ``"sr"`` (``SuperResModel``, not
+            consistency-models) or ``"classifier"`` (``EncoderUNetModel``,
+            guided-diffusion only).
 
     Returns:
         ``(class_name, kwargs)`` where ``class_name`` is ``"UNetModel"``,
         ``"SuperResModel"`` or ``"EncoderUNetModel"``.
 
     Raises:
-        FlagError: For an unknown library/kind, a classifier requested from
-            improved-diffusion, an unknown flag (with suggestions and the list
+        FlagError: For an unknown library/kind, a kind the library lacks (a
+            classifier from improved-diffusion), an unknown flag (with suggestions and the list
             of valid flags), a value that does not parse as the flag's type,
             or an image size the reference ``create_*`` function rejects.
         TypeError: If ``flags`` is not a string, sequence or mapping.

@@ -10,17 +10,22 @@ from typing import Any
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE_DIRS = ("reference", "guided")
+REFERENCE_DIRS = ("reference", "guided", "consistency")
 
 
 @cache
 def fixture_index() -> dict[str, dict[str, Any]]:
-    """Every fixture's index entry by name, from both fixture folders."""
+    """Every fixture's index entry by name, from all fixture folders."""
     entries = {}
     for folder in REFERENCE_DIRS:
         for entry in json.loads((FIXTURES / folder / "index.json").read_text())["fixtures"]:
             entries[entry["name"]] = {**entry, "path": FIXTURES / folder / entry["file"]}
     return entries
+
+
+def consistency_index() -> dict[str, Any]:
+    """The consistency-models index, with ``create_model_cases``: flags → reference kwargs."""
+    return json.loads((FIXTURES / "consistency" / "index.json").read_text())
 
 
 def load_fixture(name: str) -> dict[str, Any]:
