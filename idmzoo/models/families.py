@@ -17,7 +17,7 @@ __all__ = ["UNetFamily", "SuperResUNetFamily", "EncoderUNetFamily", "build_unet"
 
 
 class UNetFamily(FamilyParams):
-    """The diffusion U-Net (improved-diffusion and guided-diffusion ``UNetModel``)."""
+    """The diffusion U-Net (improved-diffusion, guided-diffusion and consistency-models ``UNetModel``)."""
 
     def check_spec(self, spec: Spec) -> None:
         if spec.pool is not None:
