@@ -58,3 +58,5 @@ TINY_ADM = {
     "upsample": {"type": "resblock_up"},
     "downsample": {"type": "resblock_down"},
 }
+#: consistency-models' blocks: guided-diffusion's with 1x1 Conv2d attention projections.
+TINY_CM = {**TINY_ADM, "attention": {"type": "conv2d_attention", "num_head_channels": 16}}
