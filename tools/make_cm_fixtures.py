@@ -300,12 +300,14 @@ class ExactSoftmaxAttention(torch.nn.Module):
     ):
         super().__init__()
         assert batch_first and not causal and attention_dropout == 0.0
-        assert embed_dim % num_heads == 0, "self.kdim must be divisible by num_heads"
+        assert embed_dim % num_heads == 0, f"{num_heads} heads do not divide {embed_dim} channels"
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         if self.head_dims is not None:
-            assert self.head_dim in self.head_dims, "Only support head_dim == 16, 32, or 64"
+            assert self.head_dim in self.head_dims, (
+                f"flash_attn takes head widths {self.head_dims}, not {self.head_dim}"
+            )
 
     def forward(self, qkv):
         b, width, t = qkv.shape
