@@ -32,7 +32,11 @@ def run_idmzoo(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str
 def run_python(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
     """``python ARGS...`` with this test run's interpreter."""
     return subprocess.run(
-        [sys.executable, *map(str, args)], capture_output=True, text=True, env=_environment(**env), timeout=300
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_environment(**env),
+        timeout=300,
     )
 
 

@@ -10,17 +10,22 @@ from typing import Any
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE_DIRS = ("reference", "guided")
+REFERENCE_DIRS = ("reference", "guided", "consistency")
 
 
 @cache
 def fixture_index() -> dict[str, dict[str, Any]]:
-    """Every fixture's index entry by name, from both fixture folders."""
+    """Every fixture's index entry by name, from all fixture folders."""
     entries = {}
     for folder in REFERENCE_DIRS:
         for entry in json.loads((FIXTURES / folder / "index.json").read_text())["fixtures"]:
             entries[entry["name"]] = {**entry, "path": FIXTURES / folder / entry["file"]}
     return entries
+
+
+def consistency_index() -> dict[str, Any]:
+    """The consistency-models index, with ``create_model_cases``: flags → reference kwargs."""
+    return json.loads((FIXTURES / "consistency" / "index.json").read_text())
 
 
 def load_fixture(name: str) -> dict[str, Any]:
@@ -53,3 +58,5 @@ TINY_ADM = {
     "upsample": {"type": "resblock_up"},
     "downsample": {"type": "resblock_down"},
 }
+#: consistency-models' blocks: guided-diffusion's with 1x1 Conv2d attention projections.
+TINY_CM = {**TINY_ADM, "attention": {"type": "conv2d_attention", "num_head_channels": 16}}

@@ -105,7 +105,9 @@ def test_pickle_with_code_is_refused_and_never_executed(tmp_path):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
     torch.save({"time_embed.0.weight": torch.zeros(1), "payload": _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match=r"refused to load .*: unpickling it would call \S*open, and .*never runs code"):
+    with pytest.raises(
+        CheckpointError, match=r"refused to load .*: unpickling it would call \S*open, and .*never runs code"
+    ):
         idmzoo.load_checkpoint(SMALL_SPEC, path)
     assert not marker.exists()
     # The payload is real: an unsafe load would have run it.
@@ -121,7 +123,9 @@ def test_wrapped_state_dicts_are_accepted_only_when_unambiguous(tmp_path):
     assert read_state_dict(tmp_path / "ema.pt").keys() == state.keys()
 
     torch.save({"model": state, "ema": state}, tmp_path / "both.pt")
-    with pytest.raises(CheckpointError, match=r"several state dicts \('model', 'ema'\); choose one with .*key="):
+    with pytest.raises(
+        CheckpointError, match=r"several state dicts \('model', 'ema'\); choose one with .*key="
+    ):
         read_state_dict(tmp_path / "both.pt")
     assert read_state_dict(tmp_path / "both.pt", key="ema").keys() == state.keys()
     with pytest.raises(CheckpointError, match="has no state dict under key 'optimizer'"):
@@ -139,7 +143,9 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read checkpoint .*missing.pt"):
         read_state_dict(tmp_path / "missing.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"cannot be read with torch.load\(weights_only=True\): it is not"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot be read with torch.load\(weights_only=True\): it is not"
+    ):
         read_state_dict(tmp_path / "text.pt")
     torch.save({"a.weight": torch.ones(1000)}, tmp_path / "whole.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:600])
@@ -183,10 +189,14 @@ def test_strict_false_skips_missing_and_unexpected_keys_but_not_shapes(tmp_path)
     assert torch.equal(model.time_embed[0].weight, source.time_embed[0].weight)
     assert torch.equal(model.out[2].bias, before) and not torch.equal(before, dropped)
 
-    with pytest.raises(CheckpointError, match=r"meta device.*\n  missing from the checkpoint \(1\):\n    out.2.bias"):
+    with pytest.raises(
+        CheckpointError, match=r"meta device.*\n  missing from the checkpoint \(1\):\n    out.2.bias"
+    ):
         idmzoo.load_checkpoint(idmzoo.build(SMALL_SPEC, device="meta"), tmp_path / "partial.pt", strict=False)
 
     state["out.2.bias"] = torch.zeros(3)
     torch.save(state, tmp_path / "wrong_shape.pt")
-    with pytest.raises(CheckpointError, match=r"shape mismatch \(1\):\n    out.2.bias: checkpoint \[3\], model \[6\]"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch \(1\):\n    out.2.bias: checkpoint \[3\], model \[6\]"
+    ):
         idmzoo.load_checkpoint(idmzoo.build(SMALL_SPEC), tmp_path / "wrong_shape.pt", strict=False)

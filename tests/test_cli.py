@@ -82,7 +82,12 @@ def test_describe_shows_each_parameter_type_default_and_doc():
     assert info.package in result.stdout.splitlines()[0] and info.description in result.stdout
     rows = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in result.stdout.splitlines()}
     for parameter in block_parameters(info):
-        assert rows[parameter.name] == [parameter.name, parameter.type, parameter.default, parameter.description]
+        assert rows[parameter.name] == [
+            parameter.name,
+            parameter.type,
+            parameter.default,
+            parameter.description,
+        ]
 
 
 def test_describe_json_of_a_plugin_block():
@@ -93,7 +98,10 @@ def test_describe_json_of_a_plugin_block():
 
 
 def test_unknown_block_is_one_error_line_and_debug_shows_the_traceback():
-    assert_one_error_line(run_idmzoo("describe", "norm", "group_norm"), r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'")
+    assert_one_error_line(
+        run_idmzoo("describe", "norm", "group_norm"),
+        r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'",
+    )
     debug = run_idmzoo("describe", "norm", "group_norm", "--debug")
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "UnknownBlockError" in debug.stderr
@@ -111,14 +119,21 @@ def test_validate_prints_one_line_per_error_with_its_json_path(tmp_path):
     result = run_idmzoo("validate", path)
     assert result.returncode == 2
     assert result.stdout.splitlines() == validation_lines(info.value)
-    assert any(line.startswith("attention.type: unknown attention block 'legacy_atention'") for line in result.stdout.splitlines())
+    assert any(
+        line.startswith("attention.type: unknown attention block 'legacy_atention'")
+        for line in result.stdout.splitlines()
+    )
     assert "norm.epsilon: Extra inputs are not permitted" in result.stdout.splitlines()
 
 
 def test_validate_unreadable_and_non_json_files_are_one_line(tmp_path):
-    assert_one_error_line(run_idmzoo("validate", tmp_path / "missing.json"), r"cannot read spec file '.*missing\.json'")
+    assert_one_error_line(
+        run_idmzoo("validate", tmp_path / "missing.json"), r"cannot read spec file '.*missing\.json'"
+    )
     (tmp_path / "notes.json").write_text("{not json")
-    assert_one_error_line(run_idmzoo("validate", tmp_path / "notes.json"), r"spec file '.*notes\.json' is not valid JSON")
+    assert_one_error_line(
+        run_idmzoo("validate", tmp_path / "notes.json"), r"spec file '.*notes\.json' is not valid JSON"
+    )
 
 
 def test_build_on_meta_counts_the_reference_parameters():
@@ -156,4 +171,7 @@ def test_schema_prints_the_spec_schema_with_plugin_blocks():
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert schema == idmzoo.spec_schema()
-    assert "idmzoo-convtranspose:conv_transpose" in schema["properties"]["upsample"]["anyOf"][0]["discriminator"]["mapping"]
+    assert (
+        "idmzoo-convtranspose:conv_transpose"
+        in schema["properties"]["upsample"]["anyOf"][0]["discriminator"]["mapping"]
+    )

@@ -138,7 +138,9 @@ def test_plugin_failing_at_import_is_skipped_with_a_warning_naming_it(install):
     install("idmzoo-fake-fine", norm_plugin("fine_norm"))
     registry, warned = discover()
     assert len(warned) == 1
-    assert re.search(r"skipped plugin 'idmzoo-fake-broken' .*ImportError: needs missing_dependency", warned[0])
+    assert re.search(
+        r"skipped plugin 'idmzoo-fake-broken' .*ImportError: needs missing_dependency", warned[0]
+    )
     assert registry.get("norm", "fine_norm").package == "idmzoo-fake-fine"
     failures = [(f.distribution, f.cause) for f in registry.failed_plugins]
     assert ("idmzoo-fake-broken", "ImportError: needs missing_dependency") in failures
@@ -151,7 +153,9 @@ def test_invalid_block_rolls_back_everything_the_plugin_registered(install):
     install("idmzoo-fake-invalid", norm_plugin("first_norm", extra=extra))
     registry, warned = discover()
     assert len(warned) == 1
-    assert re.search(r"'idmzoo-fake-invalid'.*InvalidBlockError: norm block 'bad_norm': params must be", warned[0])
+    assert re.search(
+        r"'idmzoo-fake-invalid'.*InvalidBlockError: norm block 'bad_norm': params must be", warned[0]
+    )
     assert "first_norm" not in registry.names("norm")
 
 
@@ -198,7 +202,10 @@ def test_plugin_reusing_a_builtin_name_is_the_one_reported(install):
     install("aaa-fake-sorts-before-idmzoo", norm_plugin("group_norm32"))
     registry, warned = discover()
     assert len(warned) == 1
-    assert re.search(r"skipped plugin 'aaa-fake-sorts-before-idmzoo'.*by 'idmzoo' and by 'aaa-fake-sorts-before-idmzoo'", warned[0])
+    assert re.search(
+        r"skipped plugin 'aaa-fake-sorts-before-idmzoo'.*by 'idmzoo' and by 'aaa-fake-sorts-before-idmzoo'",
+        warned[0],
+    )
     assert registry.get("norm", "group_norm32").package == "idmzoo"
 
 
@@ -224,7 +231,10 @@ def test_override_wins_whichever_distribution_loads_first(install, overrider):
 
 
 def test_failed_plugin_puts_back_the_block_it_overrode(install):
-    install("idmzoo-fake-override-then-fail", norm_plugin("group_norm32", override=True, extra="raise OSError('late')"))
+    install(
+        "idmzoo-fake-override-then-fail",
+        norm_plugin("group_norm32", override=True, extra="raise OSError('late')"),
+    )
     registry, warned = discover()
     assert len(warned) == 1 and "OSError: late" in warned[0]
     assert registry.get("norm", "group_norm32").package == "idmzoo"
@@ -342,8 +352,12 @@ def test_pip_installed_broken_and_clashing_plugins_are_named_and_listing_still_w
     assert ["norm", f"clash_{tag}", first] in rows
     warned = sorted(result.stderr.splitlines(), key=lambda line: "ImportError" not in line)
     assert len(warned) == 2, result.stderr
-    assert re.search(rf"^warning: idmzoo skipped plugin '{broken}' .*ImportError: no module named missing_dep", warned[0])
-    assert re.search(rf"^warning: idmzoo skipped plugin '{second}' .*by '{first}' and by '{second}'", warned[1])
+    assert re.search(
+        rf"^warning: idmzoo skipped plugin '{broken}' .*ImportError: no module named missing_dep", warned[0]
+    )
+    assert re.search(
+        rf"^warning: idmzoo skipped plugin '{second}' .*by '{first}' and by '{second}'", warned[1]
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -373,4 +387,6 @@ def test_an_install_that_fails_half_way_leaves_the_running_environment_unchanged
 
 def norm_plugin_call(name: str) -> str:
     """A second ``register_block`` line for :data:`NORM_PLUGIN`'s ``{extra}``."""
-    return f'idmzoo.register_block("norm", {name!r}, nn.GroupNorm, params=idmzoo.BlockParams, description="x")'
+    return (
+        f'idmzoo.register_block("norm", {name!r}, nn.GroupNorm, params=idmzoo.BlockParams, description="x")'
+    )

@@ -18,6 +18,8 @@ from idmzoo.reference import (
 
 PRESETS_PATH = Path(__file__).parent / "fixtures" / "reference" / "presets.json"
 PRESETS = json.loads(PRESETS_PATH.read_text())["presets"]
+CM_INDEX_PATH = Path(__file__).parent / "fixtures" / "consistency" / "index.json"
+CM_CASES = json.loads(CM_INDEX_PATH.read_text())["create_model_cases"]
 
 KIND_OF = {
     "script_util.create_model": "model",
@@ -27,6 +29,7 @@ KIND_OF = {
 
 IDM = "improved-diffusion"
 ADM = "guided-diffusion"
+CM = "consistency-models"
 
 
 def _normalise(kwargs: dict) -> dict:
@@ -42,7 +45,7 @@ def _normalise(kwargs: dict) -> dict:
 
 def test_presets_fixture_has_all_published_configurations():
     assert len(PRESETS) == 17
-    assert {p["library"] for p in PRESETS} == set(LIBRARIES)
+    assert {p["library"] for p in PRESETS} == set(LIBRARIES) - {CM}  # CM_CASES cover it
     assert {KIND_OF[p["built_via"]] for p in PRESETS} == set(KINDS)
 
 
@@ -104,7 +107,7 @@ def test_adm_defaults_without_flags():
 
 
 def test_sr_defaults_use_large_size_256():
-    for lib in LIBRARIES:
+    for lib in (IDM, ADM):
         cls, kw = reference_kwargs_from_flags(lib, "", "sr")
         assert cls == "SuperResModel"
         assert kw["channel_mult"] == [1, 1, 2, 2, 4, 4]
@@ -197,8 +200,7 @@ def test_channel_mult_half_stays_float_at_512():
 def test_equals_syntax_and_mixed_forms():
     spaced = reference_kwargs_from_flags(ADM, "--image_size 128 --num_channels 256 --dropout 0.1")
     equals = reference_kwargs_from_flags(ADM, "--image_size=128 --num_channels=256 --dropout=0.1")
-    mixed = reference_kwargs_from_flags(ADM, ["--image_size=128", "--num_channels", "256",
-                                              "--dropout=0.1"])
+    mixed = reference_kwargs_from_flags(ADM, ["--image_size=128", "--num_channels", "256", "--dropout=0.1"])
     assert spaced == equals == mixed
     assert equals[1]["model_channels"] == 256
     assert equals[1]["dropout"] == pytest.approx(0.1)
@@ -307,8 +309,11 @@ def test_unknown_flag_names_it_suggests_and_lists_valid():
 
 
 def test_unknown_flag_equals_form():
-    with pytest.raises(FlagError, match=r"unknown flag --atention_resolutions.*"
-                                        r"Did you mean --attention_resolutions"):
+    with pytest.raises(
+        FlagError,
+        match=r"unknown flag --atention_resolutions.*"
+        r"Did you mean --attention_resolutions",
+    ):
         reference_kwargs_from_flags(ADM, "--atention_resolutions=16")
 
 
@@ -377,13 +382,21 @@ def test_unbalanced_quote_is_a_flag_error():
     ("library", "flags", "kind", "pattern"),
     [
         (IDM, "--image_size 128", "model", r"unsupported image_size 128 .*supported: 32, 64, 256"),
-        (ADM, "--image_size 32", "model",
-         r"unsupported image_size 32 .*supported: 64, 128, 256, 512 \(or pass --channel_mult"),
+        (
+            ADM,
+            "--image_size 32",
+            "model",
+            r"unsupported image_size 32 .*supported: 64, 128, 256, 512 \(or pass --channel_mult",
+        ),
         (IDM, "--large_size 512", "sr", r"unsupported large_size 512 .*supported: 64, 256$"),
         (ADM, "--large_size 128", "sr", r"unsupported large_size 128 .*supported: 64, 256, 512"),
-        (ADM, "--image_size 32", "classifier",
-         r"unsupported image_size 32 for guided-diffusion create_classifier; "
-         r"supported: 64, 128, 256, 512"),
+        (
+            ADM,
+            "--image_size 32",
+            "classifier",
+            r"unsupported image_size 32 for guided-diffusion create_classifier; "
+            r"supported: 64, 128, 256, 512",
+        ),
     ],
 )
 def test_unsupported_image_size(library, flags, kind, pattern):
@@ -392,8 +405,11 @@ def test_unsupported_image_size(library, flags, kind, pattern):
 
 
 def test_unknown_library_lists_valid_ones():
-    with pytest.raises(FlagError, match=r"unknown library 'improved_diffusion'\. Did you mean "
-                                        r"'improved-diffusion'\?.*'guided-diffusion'"):
+    with pytest.raises(
+        FlagError,
+        match=r"unknown library 'improved_diffusion'\. Did you mean "
+        r"'improved-diffusion'\?.*'guided-diffusion'",
+    ):
         reference_kwargs_from_flags("improved_diffusion", "")
 
 
@@ -432,3 +448,41 @@ def test_flag_emulation_is_stdlib_only(module):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])  # relative imports stay inside idmzoo
     assert imported <= {"__future__", "collections", "numbers", "re", "shlex"}
+
+
+# ---------------------------------------------------------------- consistency-models
+
+
+@pytest.mark.parametrize("case", CM_CASES, ids=[c["name"] for c in CM_CASES])
+def test_cm_flags_reproduce_reference_create_model_kwargs(case):
+    if "error" in case:  # the reference create_model raised
+        with pytest.raises(FlagError, match=r"unsupported image_size .*consistency-models create_model"):
+            reference_kwargs_from_flags(CM, case["flags"])
+        return
+    cls, kwargs = reference_kwargs_from_flags(CM, case["flags"])
+    assert cls == case["class"]
+    assert _normalise(kwargs) == _normalise(case["kwargs"])
+
+
+def test_cm_defaults_differ_from_adm_only_where_the_reference_does():
+    cm, adm = reference_flag_defaults(CM), reference_flag_defaults(ADM)
+    assert cm["attention_resolutions"] == "32,16,8" and adm["attention_resolutions"] == "16,8"
+    assert {"sigma_min", "sigma_max", "weight_schedule"} <= set(cm) - set(adm)
+    assert "diffusion_steps" not in cm and "noise_schedule" not in cm
+    with pytest.raises(FlagError, match=r"consistency-models has no sr .*consistency-models: 'model'$"):
+        reference_kwargs_from_flags(CM, "", "sr")
+
+
+def test_cm_diffusion_only_flags_are_accepted_but_do_not_change_kwargs():
+    base = reference_kwargs_from_flags(CM, "--image_size 64")
+    tuned = reference_kwargs_from_flags(
+        CM, "--image_size 64 --sigma_min 0.01 --sigma_max 40 --weight_schedule uniform"
+    )
+    assert tuned == base
+
+
+def test_cm_script_only_flags_are_rejected_with_explanation():
+    with pytest.raises(FlagError, match=r"--teacher_model_path .*training/sampling scripts"):
+        reference_kwargs_from_flags(CM, "--teacher_model_path edm.pt")
+    with pytest.raises(FlagError, match=r"--sampler .*training/sampling scripts"):
+        reference_kwargs_from_flags(CM, "--sampler onestep")

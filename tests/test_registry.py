@@ -86,7 +86,9 @@ def test_re_registering_from_the_same_package_is_also_refused():
 
 def test_override_replaces_and_unregister_removes():
     registry = fresh(swap="first")
-    with pytest.warns(IdmzooPluginWarning, match="'swap' of 'second' .override=True. replaces the one of 'first'"):
+    with pytest.warns(
+        IdmzooPluginWarning, match="'swap' of 'second' .override=True. replaces the one of 'first'"
+    ):
         replacement = registry.register(
             "norm", "swap", nn.GroupNorm, BlockParams, "a replacement", package="second", override=True
         )
@@ -207,7 +209,9 @@ def test_unknown_name_ranks_close_names_and_lists_the_rest():
 
 def test_unknown_name_mentions_plugins_that_failed_to_load():
     registry = fresh(group_norm32="idmzoo")
-    registry.failed_plugins.append(PluginFailure("idmzoo-fancy", "fancy = fancy:register", "ImportError: no module named fancy_cuda"))
+    registry.failed_plugins.append(
+        PluginFailure("idmzoo-fancy", "fancy = fancy:register", "ImportError: no module named fancy_cuda")
+    )
     with pytest.raises(
         UnknownBlockError,
         match=r"Note: plugin 'idmzoo-fancy' failed to load \(ImportError: no module named fancy_cuda\)\.",

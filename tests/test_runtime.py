@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 import idmzoo
 from idmzoo.blocks.layers import ThresholdDropout
 from idmzoo.blocks.norm import GroupNorm32
-from tests.fixtures import TINY, TINY_ADM
+from tests.fixtures import TINY, TINY_ADM, TINY_CM
 
 TINY_ENCODER = {
     **TINY,
@@ -97,7 +97,9 @@ def test_unknown_attention_backend_is_refused():
     assert idmzoo.get_attention_backend() == "sdpa"
 
 
-@pytest.mark.parametrize("spec", [TINY, TINY_ADM, TINY_ENCODER], ids=["idm", "adm", "attention_pool"])
+@pytest.mark.parametrize(
+    "spec", [TINY, TINY_ADM, TINY_CM, TINY_ENCODER], ids=["idm", "adm", "cm", "attention_pool"]
+)
 def test_sdpa_and_math_give_the_same_outputs_and_gradients(spec):
     model = randomised(idmzoo.build(spec)).eval()  # eval: no dropout, so both passes match
     args = inputs(spec)
@@ -123,7 +125,9 @@ def attention_matrices(spec: dict, size: int) -> list[torch.Size]:
     ]
 
 
-@pytest.mark.parametrize("spec", [TINY, TINY_ENCODER], ids=["attention_block", "attention_pool"])
+@pytest.mark.parametrize(
+    "spec", [TINY, TINY_CM, TINY_ENCODER], ids=["attention_block", "conv2d_attention", "attention_pool"]
+)
 def test_sdpa_never_materialises_the_token_by_token_matrix(spec):
     """Attention memory grows linearly with tokens: no [T, T] weights, forward or backward."""
     spec = {**spec, "image_size": 12}  # 36 tokens: no channel count equals it
@@ -259,7 +263,9 @@ def record_block_outputs(model: torch.nn.Module, seen: list[torch.Tensor]) -> li
 
 
 @pytest.mark.parametrize(
-    "spec", [TINY, TINY_ADM, TINY_SUPERRES, TINY_ENCODER], ids=["idm", "adm", "superres", "encoder"]
+    "spec",
+    [TINY, TINY_ADM, TINY_CM, TINY_SUPERRES, TINY_ENCODER],
+    ids=["idm", "adm", "cm", "superres", "encoder"],
 )
 def test_channels_last_runs_end_to_end(spec):
     model = randomised(idmzoo.build(spec)).eval()
@@ -284,7 +290,9 @@ def test_channels_last_runs_end_to_end(spec):
 
 
 @pytest.mark.parametrize(
-    "spec", [TINY, TINY_ADM, TINY_SUPERRES, TINY_ENCODER], ids=["idm", "adm", "superres", "encoder"]
+    "spec",
+    [TINY, TINY_ADM, TINY_CM, TINY_SUPERRES, TINY_ENCODER],
+    ids=["idm", "adm", "cm", "superres", "encoder"],
 )
 @pytest.mark.parametrize("checkpointing", ["none", "all"])
 def test_model_traces_as_one_graph(spec, checkpointing):

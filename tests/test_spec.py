@@ -40,11 +40,27 @@ def no_module_construction(monkeypatch):
 @pytest.mark.parametrize(
     ("change", "loc", "message"),
     [
-        ({"norm": {"type": "group_norm"}}, ("norm", "type"), r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'"),
-        ({"attention": {"type": "legacy_attention", "num_heads": "four"}}, ("attention", "num_heads"), "valid integer"),
-        ({"attention": {"type": "legacy_attention", "num_head": 4}}, ("attention", "num_head"), "Extra inputs"),
+        (
+            {"norm": {"type": "group_norm"}},
+            ("norm", "type"),
+            r"unknown norm block 'group_norm'\. Did you mean 'group_norm32'",
+        ),
+        (
+            {"attention": {"type": "legacy_attention", "num_heads": "four"}},
+            ("attention", "num_heads"),
+            "valid integer",
+        ),
+        (
+            {"attention": {"type": "legacy_attention", "num_head": 4}},
+            ("attention", "num_head"),
+            "Extra inputs",
+        ),
         ({"model_channels": 48}, ("norm", "num_groups"), "num_groups=32 does not divide 48 channels"),
-        ({"attention": {"type": "legacy_attention", "num_heads": 3}}, ("attention", "num_heads"), "num_heads=3 does not divide 64 channels"),
+        (
+            {"attention": {"type": "legacy_attention", "num_heads": 3}},
+            ("attention", "num_heads"),
+            "num_heads=3 does not divide 64 channels",
+        ),
         (
             {"attention": {"type": "new_order_attention", "num_head_channels": 24}},
             ("attention", "num_head_channels"),
@@ -55,7 +71,11 @@ def no_module_construction(monkeypatch):
             ("attention", "num_heads_upsample"),
             "num_heads_upsample=5 does not divide 64 channels .at output_blocks",
         ),
-        ({"attention_resolutions": [8]}, ("attention_resolutions", 0), "downsampling rate 8 is never reached.*rates are 1, 2"),
+        (
+            {"attention_resolutions": [8]},
+            ("attention_resolutions", 0),
+            "downsampling rate 8 is never reached.*rates are 1, 2",
+        ),
         ({"dims": 4}, ("dims",), "Input should be 1, 2 or 3"),
         ({"channel_mult": [0.01, 1]}, ("channel_mult", 0), "leaves no channels"),
         ({"family": {"type": "encoder_unet"}}, ("pool",), "needs a pool head"),
@@ -96,7 +116,9 @@ def test_every_spec_file_validates_round_trips_and_builds(path):
     spec = idmzoo.load_spec(path)
     again = Spec.model_validate_json(spec.model_dump_json())
     assert again == spec
-    shapes = [{k: v.shape for k, v in idmzoo.build(s, device="meta").state_dict().items()} for s in (spec, again)]
+    shapes = [
+        {k: v.shape for k, v in idmzoo.build(s, device="meta").state_dict().items()} for s in (spec, again)
+    ]
     assert shapes[0] == shapes[1]
     if sum(shape.numel() for shape in shapes[0].values()) <= ROUND_TRIP_WEIGHTS_LIMIT:
         first, second = (idmzoo.build(s, seed=0).state_dict() for s in (spec, again))
@@ -106,7 +128,9 @@ def test_every_spec_file_validates_round_trips_and_builds(path):
 def test_build_accepts_spec_dict_and_path(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(BASE))
-    models = [idmzoo.build(source, device="meta") for source in (Spec.model_validate(BASE), BASE, path, str(path))]
+    models = [
+        idmzoo.build(source, device="meta") for source in (Spec.model_validate(BASE), BASE, path, str(path))
+    ]
     shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in models]
     assert all(s == shapes[0] for s in shapes)
 

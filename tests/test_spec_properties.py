@@ -49,7 +49,11 @@ BUILTIN_BLOCKS: dict[str, dict[str, st.SearchStrategy[dict[str, Any]]]] = {
             {}, optional={"use_scale_shift_norm": st.booleans(), "skip_conv": st.booleans()}
         )
     },
-    "attention": {"legacy_attention": _ATTENTION_PARAMS, "new_order_attention": _ATTENTION_PARAMS},
+    "attention": {
+        "legacy_attention": _ATTENTION_PARAMS,
+        "new_order_attention": _ATTENTION_PARAMS,
+        "conv2d_attention": _ATTENTION_PARAMS,
+    },
     "upsample": {name: st.just({}) for name in ("nearest_conv", "nearest", "resblock_up")},
     "downsample": {name: st.just({}) for name in ("strided_conv", "avg_pool", "resblock_down")},
     "pool": {

@@ -86,7 +86,9 @@ def test_parameter_counts_match_the_reference(preset):
 def test_blocks_used_are_counted_per_stage():
     spec = {**json.loads((SPECS / "idm_uncond_ssn.json").read_text()), "upsample": {"type": "conv_transpose"}}
     model = idmzoo.build(spec, device="meta")
-    stages = {stage.name: dict(((k, n), c) for k, n, c in stage.blocks) for stage in idmzoo.summarize(model).stages}
+    stages = {
+        stage.name: dict(((k, n), c) for k, n, c in stage.blocks) for stage in idmzoo.summarize(model).stages
+    }
     upsample_sites = sum(site.kind == "upsample" for group in model.layout.output_blocks for site in group)
     assert stages["output_blocks"][("upsample", "conv_transpose")] == upsample_sites
     group_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules())

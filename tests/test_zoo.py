@@ -39,7 +39,9 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("preset", PRESETS, ids=PRESET_IDS)
 def test_preset_flags_and_spec_file_build_to_the_reference_parameter_count(preset):
-    from_flags = idmzoo.spec_from_flags(preset["library"], preset["readme_flags"], KIND_OF[preset["built_via"]])
+    from_flags = idmzoo.spec_from_flags(
+        preset["library"], preset["readme_flags"], KIND_OF[preset["built_via"]]
+    )
     from_file = idmzoo.load_spec(ROOT / "specs" / f"{preset['name']}.json")
     assert from_file == from_flags
     for spec in (from_flags, from_file):
@@ -76,8 +78,11 @@ def test_spec_files_are_what_the_generator_writes(capsys):
 
 
 def test_docs_catalogue_table_lists_every_entry_with_its_parameter_count():
-    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "docs/zoo.md").read_text().splitlines()
-            if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(" `"): line
+        for line in (ROOT / "docs/zoo.md").read_text().splitlines()
+        if line.startswith("| `")
+    }
     for entry in idmzoo.list_models():
         assert f"| {entry.param_count:,} |" in rows[entry.name]
         assert all(checkpoint in rows[entry.name] for checkpoint in entry.checkpoints)
@@ -132,7 +137,9 @@ def test_bad_override_fails_naming_the_field(overrides, field):
 
 
 def test_unknown_model_suggests_the_closest_names():
-    with pytest.raises(UnknownModelError, match=r"unknown zoo model 'adm_imagenet256'\. Did you mean 'adm_imagenet256_cond'"):
+    with pytest.raises(
+        UnknownModelError, match=r"unknown zoo model 'adm_imagenet256'\. Did you mean 'adm_imagenet256_cond'"
+    ):
         idmzoo.create("adm_imagenet256")
     with pytest.raises(TypeError, match="model name must be a str, but got int"):
         idmzoo.create(256)
@@ -167,8 +174,11 @@ def test_cli_list_models_prints_every_entry_with_its_parameter_count():
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert list(rows) == [entry.name for entry in idmzoo.list_models()]
     for preset in PRESETS:
-        assert rows[preset["name"]][1:4] == [preset["library"], get_entry(preset["name"]).family,
-                                             f"{preset['param_count']:,}"]
+        assert rows[preset["name"]][1:4] == [
+            preset["library"],
+            get_entry(preset["name"]).family,
+            f"{preset['param_count']:,}",
+        ]
 
 
 def test_cli_list_models_json_filters_by_pattern(capsys):
@@ -192,8 +202,20 @@ def test_wheel_ships_the_catalogue(tmp_path):
         (source / name).write_text((ROOT / name).read_text())
     (source / "idmzoo").symlink_to(ROOT / "idmzoo", target_is_directory=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("idmzoo-*.whl")
     assert "idmzoo/zoo_catalog.json" in zipfile.ZipFile(wheel).namelist()

@@ -102,6 +102,7 @@ OUTPUT_ATOL = 1e-6
 # configurations
 # --------------------------------------------------------------------------
 
+
 def unet_kwargs(**overrides):
     """Full, explicit constructor kwargs of guided_diffusion UNetModel."""
     kw = dict(
@@ -165,8 +166,7 @@ CONFIGS = [
     ),
     dict(
         name="adm_neworder_rud",
-        description="new attention order, num_head_channels=16, resblock up/down, "
-        "scale-shift norm",
+        description="new attention order, num_head_channels=16, resblock up/down, scale-shift norm",
         cls="UNetModel",
         seed=20260100,
         kwargs=unet_kwargs(
@@ -335,6 +335,7 @@ CONFIGS = [
 # reference import
 # --------------------------------------------------------------------------
 
+
 def git_blob_id(path):
     with open(path, "rb") as f:
         data = f.read()
@@ -371,6 +372,7 @@ def import_reference(checkout):
 # generation
 # --------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def rerandomise(model):
     gn = {}
@@ -387,7 +389,7 @@ def rerandomise(model):
             p.copy_(0.1 * torch.randn_like(p))
         elif p.ndim >= 2:
             fan_in = p[0].numel()
-            p.copy_(torch.randn_like(p) / fan_in ** 0.5)
+            p.copy_(torch.randn_like(p) / fan_in**0.5)
         else:
             p.copy_(0.01 + 0.1 * torch.randn_like(p))
 
@@ -417,8 +419,10 @@ def run_train(model, inputs, cotangent=None):
     """Train-mode forward + backward. Returns (out, cotangent, input grads, param grads)."""
     model.train()
     model.zero_grad(set_to_none=True)
-    args = {k: (v.detach().clone().requires_grad_(True) if k in grad_input_names(inputs) else v)
-            for k, v in inputs.items()}
+    args = {
+        k: (v.detach().clone().requires_grad_(True) if k in grad_input_names(inputs) else v)
+        for k, v in inputs.items()
+    }
     out = model(**args)
     if cotangent is None:
         cotangent = torch.randn_like(out)
@@ -520,6 +524,7 @@ def generate_one(unet, cfg, out_dir):
 # verification
 # --------------------------------------------------------------------------
 
+
 def verify_one(unet, path):
     rec = torch.load(path, weights_only=True)
     model = getattr(unet, rec["class"])(**rec["kwargs"])
@@ -549,11 +554,15 @@ def verify_one(unet, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--guided-diffusion", required=True,
-                    help="checkout of openai/guided-diffusion at " + GUIDED_COMMIT)
+    ap.add_argument(
+        "--guided-diffusion", required=True, help="checkout of openai/guided-diffusion at " + GUIDED_COMMIT
+    )
     ap.add_argument("--out", required=True, help="output directory (e.g. tests/fixtures/guided)")
-    ap.add_argument("--verify-only", action="store_true",
-                    help="do not regenerate; only check the fixtures listed in <out>/index.json")
+    ap.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="do not regenerate; only check the fixtures listed in <out>/index.json",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -565,8 +574,10 @@ def main(argv=None):
         entries = []
         for cfg in CONFIGS:
             entry = generate_one(unet, cfg, args.out)
-            print(f"wrote {entry['file']}: {entry['param_count']} params, "
-                  f"{entry['size_bytes']} bytes", flush=True)
+            print(
+                f"wrote {entry['file']}: {entry['param_count']} params, {entry['size_bytes']} bytes",
+                flush=True,
+            )
             entries.append(entry)
         index = {
             "generator": GENERATOR,
@@ -575,7 +586,7 @@ def main(argv=None):
             "torch": torch.__version__,
             "timesteps": TIMESTEPS,
             "rerandomisation": "weights (ndim>=2): randn/sqrt(fan_in); GroupNorm weight: 1+0.1*randn; "
-                               "GroupNorm bias: 0.1*randn; other 1-d params: 0.01+0.1*randn",
+            "GroupNorm bias: 0.1*randn; other 1-d params: 0.01+0.1*randn",
             "notes": [
                 "normalization() is GroupNorm(32, C): all channel counts are multiples of 32, so "
                 "channel_mult 0.5 needs model_channels 64.",

@@ -1,4 +1,4 @@
-"""Self-attention over all spatial positions, in the two QKV layouts of the reference checkpoints."""
+"""Self-attention over all spatial positions, in the QKV layouts of the reference checkpoints."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ __all__ = [
     "AttentionBlock",
     "LegacyOrderAttention",
     "SplitOrderAttention",
+    "Conv2dProjectionAttention",
     "self_attention",
 ]
 
@@ -52,16 +53,25 @@ def _attention_over_tokens(qkv: torch.Tensor, heads: int, order: QKVOrder) -> to
 
 
 def _pointwise(conv: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """A 1x1 ``Conv1d`` applied to token-major ``[B, T, C]`` input: the same weights and maths."""
-    return F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
+    """A 1x1 convolution applied to token-major ``[B, T, C]`` input: the same weights and maths.
+
+    Its ``[C', C, 1]`` (``Conv1d``) or ``[C', C, 1, 1]`` (``Conv2d``) weight is a ``Linear`` weight.
+    """
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
+def _pointwise_channels(conv: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to channel-major ``[B, C, T]`` input, as the ``Conv1d`` it equals."""
+    return F.conv1d(h, conv.weight.flatten(1).unsqueeze(-1), conv.bias)
 
 
 def self_attention(
     h: torch.Tensor, qkv: nn.Module, proj: nn.Module, heads: int, order: QKVOrder
 ) -> torch.Tensor:
-    """``proj(attention(qkv(h)))`` of ``[B, C, T]`` features, with 1x1 ``Conv1d`` projections.
+    """``proj(attention(qkv(h)))`` of ``[B, C, T]`` features, with 1x1 convolution projections.
 
-    The ``"math"`` backend follows the reference op for op (channel-major, for
+    ``qkv`` and ``proj`` are 1x1 ``Conv1d`` or ``Conv2d`` modules (the weights of both read
+    as matrices).  The ``"math"`` backend follows the reference op for op (channel-major, for
     verification).  The default computes token-major: the projections become matmuls over
     ``[B, T, C]`` and each head's q, k, v are unit-stride views, so SDPA runs its fused
     kernel without copying them; a ``channels_last`` input is already token-major, so the
@@ -69,7 +79,8 @@ def self_attention(
     possibly a transposed view.
     """
     if get_attention_backend() == "math":
-        return proj(_attention_over_channels(qkv(h), heads, order))
+        out = _attention_over_channels(_pointwise_channels(qkv, h), heads, order)
+        return _pointwise_channels(proj, out)
     tokens = h.transpose(1, 2)  # [B, T, C]
     out = _attention_over_tokens(_pointwise(qkv, tokens), heads, order)
     return _pointwise(proj, out).transpose(1, 2)
@@ -115,13 +126,17 @@ class AttentionBlock(nn.Module):
     """norm → 1x1 conv to q, k, v → multi-head attention → zero-initialised 1x1 conv, residual.
 
     Subclasses fix how the ``3 * channels`` qkv projection is split into heads
-    (:data:`QKVOrder`); that is the only difference between the improved-diffusion and
-    the newer guided-diffusion checkpoints.  The kernel is chosen at run time
+    (:data:`QKVOrder`), the only difference between the improved-diffusion and the newer
+    guided-diffusion checkpoints, and whether the two projections are stored as ``Conv1d``
+    or ``Conv2d`` (consistency-models).  The kernel is chosen at run time
     (:func:`idmzoo.attention_backend`).
     """
 
     #: Channel grouping of the qkv projection; subclasses choose.
     qkv_order: QKVOrder
+    #: Dimensionality of the 1x1 ``qkv`` and ``proj_out`` convolutions (their weights'
+    #: layout only: attention always runs over the flattened positions).
+    projection_dims: int = 1
 
     def __init__(
         self,
@@ -141,8 +156,8 @@ class AttentionBlock(nn.Module):
             num_heads_upsample=num_heads_upsample,
         )
         self.norm = ctx.make_norm(channels)
-        self.qkv = conv_nd(1, channels, channels * 3, 1)
-        self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
+        self.qkv = conv_nd(self.projection_dims, channels, channels * 3, 1)
+        self.proj_out = zero_module(conv_nd(self.projection_dims, channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
@@ -173,3 +188,22 @@ class SplitOrderAttention(AttentionBlock):
     """guided-diffusion's ``use_new_attention_order``: split q/k/v first, then heads."""
 
     qkv_order: QKVOrder = "qkv_first"
+
+
+@register_block(
+    "attention",
+    "conv2d_attention",
+    params=AttentionParams,
+    description="Multi-head QKV self-attention, consistency-models layout (q/k/v, then heads; Conv2d).",
+)
+class Conv2dProjectionAttention(AttentionBlock):
+    """consistency-models' layout: q/k/v first, then heads, with 1x1 ``Conv2d`` projections.
+
+    The weights are ``qkv.weight [3C, C, 1, 1]`` and ``proj_out.weight [C, C, 1, 1]``
+    whatever the model's ``dims`` (the reference builds them 2-D and so runs only with
+    ``dims=2``).  The reference's flash-attention kernel computes this same softmax
+    attention (head widths 16, 32 or 64 there; any width here).
+    """
+
+    qkv_order: QKVOrder = "qkv_first"
+    projection_dims: int = 2

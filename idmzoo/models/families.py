@@ -25,7 +25,7 @@ __all__ = [
 
 
 class UNetFamily(FamilyParams):
-    """The diffusion U-Net (improved-diffusion and guided-diffusion ``UNetModel``)."""
+    """The diffusion U-Net (improved-diffusion, guided-diffusion and consistency-models ``UNetModel``)."""
 
     def check_spec(self, spec: Spec) -> None:
         if spec.pool is not None:

@@ -35,7 +35,8 @@ def _label_embedding(num_classes: int, channels: int) -> nn.Embedding:
 class UNetModel(IdmzooModel):
     """The diffusion U-Net: ``model(x, timesteps, y=None)`` → ``[N, out_channels, *spatial]``.
 
-    State-dict keys and shapes are those of improved-/guided-diffusion's ``UNetModel``.
+    State-dict keys and shapes are those of improved-/guided-diffusion's ``UNetModel`` (and of
+    consistency-models' with the ``conv2d_attention`` block).
     """
 
     def __init__(self, spec: Spec, layout: UNetLayout) -> None:

@@ -1,9 +1,9 @@
 """Specs from the reference model classes' constructor arguments.
 
-``spec_from_reference`` reads the keyword arguments of improved-diffusion's and
-guided-diffusion's model classes exactly as their ``script_util`` passes them.  The
-resulting spec builds a model with the reference's state-dict keys, so the published
-checkpoints load with ``strict=True``.
+``spec_from_reference`` reads the keyword arguments of improved-diffusion's,
+guided-diffusion's and consistency-models' model classes exactly as their ``script_util``
+passes them.  The resulting spec builds a model with the reference's state-dict keys, so
+the published checkpoints load with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ REFERENCE_CLASSES: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]]
     ("guided-diffusion", "UNetModel"): (("image_size", *_REQUIRED), _ADM_DEFAULTS),
     ("guided-diffusion", "SuperResModel"): (("image_size", *_REQUIRED), _ADM_DEFAULTS),
     ("guided-diffusion", "EncoderUNetModel"): (("image_size", *_REQUIRED), _ADM_ENCODER_DEFAULTS),
+    # cm/unet.py's UNetModel has guided-diffusion's signature and defaults
+    ("consistency-models", "UNetModel"): (("image_size", *_REQUIRED), _ADM_DEFAULTS),
 }
 _FAMILIES = {"UNetModel": "unet", "SuperResModel": "superres_unet", "EncoderUNetModel": "encoder_unet"}
 
@@ -74,15 +76,24 @@ def _checked_arguments(library: str, model: str, kwargs: Mapping[str, Any]) -> d
     return {**defaults, **kwargs}
 
 
+def _attention_type(library: str, a: Mapping[str, Any]) -> str:
+    if library == "consistency-models":
+        # its flash kernel always splits q/k/v first; use_new_attention_order is ignored
+        return "conv2d_attention"
+    return "new_order_attention" if a.get("use_new_attention_order") else "legacy_attention"
+
+
 def spec_from_reference(library: str, model: str, kwargs: Mapping[str, Any]) -> Spec:
     """The spec of a reference model, from its constructor's keyword arguments.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
-        model: ``"UNetModel"``, ``"SuperResModel"`` or (guided-diffusion) ``"EncoderUNetModel"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
+        model: ``"UNetModel"``, ``"SuperResModel"`` or (guided-diffusion) ``"EncoderUNetModel"``;
+            consistency-models has only ``"UNetModel"``.
         kwargs: the constructor's keyword arguments, as ``script_util`` passes them.
             ``use_checkpoint`` is accepted and ignored: it changes no weight; pass
-            ``checkpointing=`` to :func:`idmzoo.build` instead.
+            ``checkpointing=`` to :func:`idmzoo.build` instead.  consistency-models'
+            ``use_new_attention_order`` is accepted and ignored, as the reference ignores it.
 
     Raises:
         ReferenceConversionError: unknown class or argument, or a missing one.
@@ -96,6 +107,11 @@ def spec_from_reference(library: str, model: str, kwargs: Mapping[str, Any]) -> 
     a = _checked_arguments(library, model, kwargs)
     if model == "EncoderUNetModel" and a["pool"] == "attention" and a["num_head_channels"] == -1:
         raise ReferenceConversionError("pool='attention' needs num_head_channels (the reference asserts it)")
+    if library == "consistency-models" and a["dims"] != 2:
+        raise ReferenceConversionError(
+            f"consistency-models UNetModel with dims={a['dims']}: its attention projections are always "
+            "Conv2d, so the reference only runs with dims=2"
+        )
     if a.get("resblock_updown"):
         upsample, downsample = "resblock_up", "resblock_down"
     elif a["conv_resample"]:
@@ -118,7 +134,7 @@ def spec_from_reference(library: str, model: str, kwargs: Mapping[str, Any]) -> 
         "norm": {"type": "group_norm32"},
         "resblock": {"type": "resblock", "use_scale_shift_norm": a["use_scale_shift_norm"]},
         "attention": {
-            "type": "new_order_attention" if a.get("use_new_attention_order") else "legacy_attention",
+            "type": _attention_type(library, a),
             "num_heads": a["num_heads"],
             "num_head_channels": _unset(a.get("num_head_channels", -1)),
             "num_heads_upsample": _unset(a["num_heads_upsample"]),

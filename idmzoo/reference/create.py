@@ -92,7 +92,9 @@ _ADM_CHANNEL_MULT = {
 }
 
 
-def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
+def _adm_create_model(
+    a: Mapping[str, object], where: str = "guided-diffusion create_model"
+) -> tuple[str, dict]:
     size = a["image_size"]
     channel_mult_flag = a["channel_mult"]
     assert isinstance(channel_mult_flag, str)
@@ -102,7 +104,7 @@ def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
                 "image_size",
                 size,
                 sorted(_ADM_CHANNEL_MULT),
-                "guided-diffusion create_model",
+                where,
                 " (or pass --channel_mult explicitly)",
             )
         channel_mult = list(_ADM_CHANNEL_MULT[size])
@@ -121,6 +123,11 @@ def _adm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
         **_adm_only_kwargs(a),
         "use_new_attention_order": a["use_new_attention_order"],
     }
+
+
+def _cm_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
+    # cm/script_util.py's create_model is guided-diffusion's, line for line
+    return _adm_create_model(a, "consistency-models create_model")
 
 
 def _adm_sr_create_model(a: Mapping[str, object]) -> tuple[str, dict]:
@@ -173,4 +180,5 @@ CREATE_FUNCTIONS: dict[tuple[str, str], Callable[[Mapping[str, object]], tuple[s
     ("guided-diffusion", "model"): _adm_create_model,
     ("guided-diffusion", "sr"): _adm_sr_create_model,
     ("guided-diffusion", "classifier"): _adm_create_classifier,
+    ("consistency-models", "model"): _cm_create_model,
 }

@@ -1,10 +1,12 @@
 """The flags each reference script accepts, with their defaults, transcribed from its ``script_util.py``.
 
-The training and sampling scripts of openai/improved-diffusion ("IDM", commit ``1bc7bbb``)
-and openai/guided-diffusion ("ADM", commit ``22e0df8``) build their argparse parsers from
-a defaults dict (``add_dict_to_argparser``); these are those dicts, in the same order, one
-per library and model kind.  Flags that only configure the Gaussian diffusion are part of
-them: they are accepted and type-checked, and change no model argument.
+The training and sampling scripts of openai/improved-diffusion ("IDM", commit ``1bc7bbb``),
+openai/guided-diffusion ("ADM", commit ``22e0df8``) and openai/consistency_models ("CM",
+commit ``e32b69e``) build their argparse parsers from a defaults dict
+(``add_dict_to_argparser``); these are those dicts, in the same order, one per library and
+model kind.  Flags that only configure the diffusion (IDM's ``sigma_small``, CM's
+``sigma_min``, ``sigma_max`` and ``weight_schedule``, which only reach its ``KarrasDenoiser``,
+...) are part of them: they are accepted and type-checked, and change no model argument.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ __all__ = [
     "FALSE_STRINGS",
 ]
 
-LIBRARIES: tuple[str, ...] = ("improved-diffusion", "guided-diffusion")
+LIBRARIES: tuple[str, ...] = ("improved-diffusion", "guided-diffusion", "consistency-models")
 """Library names accepted by :func:`reference_kwargs_from_flags`."""
 
 KINDS: tuple[str, ...] = ("model", "sr", "classifier")
 """Model kinds: ``create_model``, ``sr_create_model``, ``create_classifier``."""
 
 NUM_CLASSES = 1000
-"""``script_util.NUM_CLASSES`` in both libraries (ImageNet)."""
+"""``script_util.NUM_CLASSES`` in every library (ImageNet)."""
 
 _IDM_MODEL_AND_DIFFUSION: dict[str, object] = {
     "image_size": 64,
@@ -99,6 +101,29 @@ _ADM_CLASSIFIER_AND_DIFFUSION: dict[str, object] = {
 }
 
 
+_CM_MODEL_AND_DIFFUSION: dict[str, object] = {
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 2,
+    "num_heads": 4,
+    "num_heads_upsample": -1,
+    "num_head_channels": -1,
+    "attention_resolutions": "32,16,8",
+    "channel_mult": "",
+    "dropout": 0.0,
+    "class_cond": False,
+    "use_checkpoint": False,
+    "use_scale_shift_norm": True,
+    "resblock_updown": False,
+    "use_fp16": False,
+    "use_new_attention_order": False,
+    "learn_sigma": False,
+    "weight_schedule": "karras",
+}
+
+
 def _sr_defaults(model_defaults: Mapping[str, object], dropped: set[str]) -> dict[str, object]:
     """Emulate ``sr_model_and_diffusion_defaults``.
 
@@ -120,6 +145,7 @@ DEFAULTS: dict[tuple[str, str], dict[str, object]] = {
         _ADM_MODEL_AND_DIFFUSION, {"image_size", "channel_mult", "use_new_attention_order"}
     ),
     ("guided-diffusion", "classifier"): _ADM_CLASSIFIER_AND_DIFFUSION,
+    ("consistency-models", "model"): _CM_MODEL_AND_DIFFUSION,
 }
 
 # Flags the reference *scripts* add on top of the script_util defaults (data,
@@ -174,6 +200,51 @@ SCRIPT_ONLY_FLAGS: dict[str, frozenset[str]] = {
             "iterations",
             "anneal_lr",
             "eval_interval",
+        }
+    ),
+    "consistency-models": frozenset(
+        {
+            # cm_train.py / edm_train.py, and cm_train_defaults()
+            "data_dir",
+            "schedule_sampler",
+            "lr",
+            "weight_decay",
+            "lr_anneal_steps",
+            "global_batch_size",
+            "batch_size",
+            "microbatch",
+            "ema_rate",
+            "log_interval",
+            "save_interval",
+            "resume_checkpoint",
+            "fp16_scale_growth",
+            "teacher_model_path",
+            "teacher_dropout",
+            "training_mode",
+            "target_ema_mode",
+            "scale_mode",
+            "total_training_steps",
+            "start_ema",
+            "start_scales",
+            "end_scales",
+            "distill_steps_per_iter",
+            "loss_norm",
+            # image_sample.py / ternary_search.py
+            "generator",
+            "clip_denoised",
+            "num_samples",
+            "sampler",
+            "s_churn",
+            "s_tmin",
+            "s_tmax",
+            "s_noise",
+            "steps",
+            "model_path",
+            "seed",
+            "ts",
+            "begin",
+            "end",
+            "ref_batch",
         }
     ),
 }

@@ -13,6 +13,9 @@ Flag sets (one per library and kind; anything outside the set is an error):
 * ``("guided-diffusion", "sr")`` - ``sr_model_and_diffusion_defaults()`` → ``sr_create_model`` → ``SuperResModel``.
 * ``("guided-diffusion", "classifier")`` - ``classifier_and_diffusion_defaults()`` →
   ``create_classifier`` → ``EncoderUNetModel``.
+* ``("consistency-models", "model")`` - ``model_and_diffusion_defaults()`` → ``create_model``
+  → ``UNetModel`` (guided-diffusion's ``create_model``: the same tables and kwargs; only the
+  defaults differ, and its attention ignores ``use_new_attention_order``).
 
 ``learn_sigma`` is listed among the diffusion defaults in ADM, yet it doubles
 ``out_channels`` of the U-Nets (the classifier ignores it). ``small_size`` is accepted by
@@ -54,9 +57,10 @@ def _check_library_kind(library: object, kind: object) -> tuple[str, str]:
             "'classifier' (create_classifier -> EncoderUNetModel, guided-diffusion only)"
         )
     if (library, kind) not in DEFAULTS:
+        valid = ", ".join(repr(k) for lib, k in DEFAULTS if lib == library)
         raise FlagError(
-            f"{library} has no {kind} (create_classifier exists only in guided-diffusion); "
-            "valid kinds for improved-diffusion: 'model', 'sr'"
+            f"{library} has no {kind} (create_classifier exists only in guided-diffusion, "
+            f"sr_create_model not in consistency-models); valid kinds for {library}: {valid}"
         )
     return library, kind  # type: ignore[return-value]
 
@@ -68,7 +72,7 @@ def reference_flag_defaults(library: str, kind: str = "model") -> dict[str, obje
     (minus the script-only training/sampling flags), in the reference order.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
         kind: ``"model"``, ``"sr"`` or ``"classifier"`` (guided-diffusion only).
 
     Returns:
@@ -98,7 +102,7 @@ def reference_kwargs_from_flags(
     ``image_size // resolution`` in the order the flag lists the resolutions.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
         flags: The flags, as one string (``shlex``-split, e.g.
             ``"--image_size 64 --learn_sigma True"``), a sequence of argv
             tokens, or a mapping ``{flag name: value}`` (names with or without
@@ -131,7 +135,7 @@ def spec_from_flags(
     """The spec of a published command line, with the library's defaults for flags not given.
 
     Args:
-        library: ``"improved-diffusion"`` or ``"guided-diffusion"``.
+        library: ``"improved-diffusion"``, ``"guided-diffusion"`` or ``"consistency-models"``.
         flags: ``"--image_size 64 --num_channels 128 ..."``, argv tokens, or a mapping.
         kind: ``"model"``, ``"sr"`` (super-resolution) or ``"classifier"``.
 
