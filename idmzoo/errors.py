@@ -9,6 +9,7 @@ __all__ = [
     "InvalidBlockError",
     "PluginLoadError",
     "CheckpointError",
+    "DiffusersConversionError",
     "IdmzooPluginWarning",
 ]
 
@@ -42,6 +43,20 @@ class PluginLoadError(IdmzooError):
 
 class CheckpointError(IdmzooError, ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class DiffusersConversionError(IdmzooError, ValueError):
+    """A model that diffusers' ``UNet2DModel`` cannot express, or a ``UNet2DModel`` idmzoo cannot.
+
+    Raised by :func:`idmzoo.to_diffusers` (``field`` is the spec field, e.g.
+    ``"attention.num_heads"``) and :func:`idmzoo.from_diffusers` (``field`` is the
+    ``UNet2DModel`` config field, e.g. ``"down_block_types"``).  Nothing is converted
+    approximately: either the converted model computes the same function, or this is raised.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class IdmzooPluginWarning(UserWarning):
