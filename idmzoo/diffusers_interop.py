@@ -99,7 +99,7 @@ def _builtin(kind: str, params: Any) -> str:
     if extra:
         raise _refuse(
             f"{kind}.{sorted(extra)[0]}",
-            f"parameter unknown to the diffusers exporter, so it cannot be mapped",
+            "parameter unknown to the diffusers exporter, so it cannot be mapped",
         )
     return info.name
 
@@ -360,7 +360,7 @@ def _convert_state(
                 move(proj, f"{dif}.to_out.0.{name}", _squeeze if name == "weight" else None)
                 if qkv in source:
                     rows = source[qkv][..., 0] if name == "weight" else source[qkv]
-                    out.update(zip(parts, _qkv_to_diffusers(rows, heads, legacy)))
+                    out.update(zip(parts, _qkv_to_diffusers(rows, heads, legacy), strict=True))
                     used.add(qkv)
             else:
                 move(f"{dif}.group_norm.{name}", f"{idm}.norm.{name}")
@@ -561,7 +561,7 @@ def spec_from_diffusers_config(
     if head_dim is not None:
         if not isinstance(head_dim, int):
             raise _refuse("attention_head_dim", f"{head_dim!r}: UNet2DModel takes one int head width")
-        channels = [w for w, a in zip(widths, attn) if a] + [widths[-1]]
+        channels = [w for w, a in zip(widths, attn, strict=True) if a] + [widths[-1]]
         bad = [c for c in channels if c % head_dim]
         if bad:
             raise _refuse(
