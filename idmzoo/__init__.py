@@ -2,8 +2,10 @@
 
 from .builder import build
 from .checkpoint import load_checkpoint
+from .diffusers_interop import from_diffusers, to_diffusers
 from .errors import (
     CheckpointError,
+    DiffusersConversionError,
     DuplicateBlockError,
     IdmzooError,
     IdmzooPluginWarning,
@@ -34,6 +36,7 @@ __all__ = [
     "BlockInfo",
     "BlockParams",
     "CheckpointError",
+    "DiffusersConversionError",
     "DuplicateBlockError",
     "FamilyParams",
     "IdmzooError",
@@ -50,6 +53,7 @@ __all__ = [
     "get_attention_backend",
     "get_block",
     "list_blocks",
+    "from_diffusers",
     "list_models",
     "load_checkpoint",
     "load_spec",
@@ -59,5 +63,6 @@ __all__ = [
     "spec_from_reference",
     "spec_schema",
     "summarize",
+    "to_diffusers",
     "zoo_spec",
 ]

@@ -6,8 +6,8 @@ moves every weight across (regrouping the qkv projection of the attention blocks
 the same function.  What one side cannot express is refused with a
 :class:`~idmzoo.errors.DiffusersConversionError` naming the field; nothing is approximated.
 
-Only public idmzoo API is used (the spec's field values, the documented block names and
-the reference state-dict keys), and diffusers is imported inside the functions, so
+Only public idmzoo API is used (``idmzoo.build``, ``idmzoo.Spec``, ``idmzoo.get_block``,
+the spec's field values, the documented block names and the reference state-dict keys), and diffusers is imported inside the functions, so
 ``import idmzoo`` does not need it.
 """
 
@@ -82,9 +82,9 @@ def _refuse(field: str, message: str) -> DiffusersConversionError:
 
 def _builtin(kind: str, params: Any) -> str:
     """The built-in block name of a spec block field; a plugin's block is refused."""
-    from .registry import get_block
+    import idmzoo
 
-    info = get_block(kind, params.type)
+    info = idmzoo.get_block(kind, params.type)
     known = _KNOWN_PARAMS[kind]
     if info.package != "idmzoo" or info.name not in known:
         if info.name in _UNEXPRESSIBLE_RESAMPLE and info.package == "idmzoo":
@@ -154,9 +154,9 @@ def diffusers_config(spec: Any, *, sample_size: int | None = None) -> dict[str, 
         DiffusersConversionError: the spec uses something UNet2DModel cannot express;
             ``field`` names the spec field.
     """
-    from .registry import get_block
+    import idmzoo
 
-    family = get_block("family", spec.family.type)
+    family = idmzoo.get_block("family", spec.family.type)
     if family.package != "idmzoo" or family.name != "unet":
         raise _refuse(
             "family",
@@ -467,7 +467,7 @@ def spec_from_diffusers_config(
     """
     from pydantic import ValidationError
 
-    from .spec import Spec
+    import idmzoo
 
     if attention not in ("new_order_attention", "legacy_attention"):
         raise ValueError(f"attention must be 'new_order_attention' or 'legacy_attention', got {attention!r}")
@@ -597,7 +597,7 @@ def spec_from_diffusers_config(
         "downsample": {"type": "resblock_down" if down == "resnet" else "strided_conv"},
     }
     try:
-        return Spec.model_validate(spec)
+        return idmzoo.Spec.model_validate(spec)
     except ValidationError as err:
         raise _refuse("config", f"the idmzoo spec of this config is invalid: {err}") from err
 
@@ -622,7 +622,7 @@ def from_diffusers(unet: nn.Module, *, attention: AttentionType = "new_order_att
     diffusers = _import_diffusers()
     if not isinstance(unet, diffusers.UNet2DModel):
         raise TypeError(f"from_diffusers needs a diffusers.UNet2DModel, got {type(unet).__name__}")
-    from .builder import build
+    import idmzoo
 
     config = dict(unet.config)
     spec = spec_from_diffusers_config(config, attention=attention)
@@ -632,6 +632,6 @@ def from_diffusers(unet: nn.Module, *, attention: AttentionType = "new_order_att
     )
     if unused:
         raise _refuse("config", f"weights with no idmzoo counterpart: {', '.join(sorted(unused)[:5])}")
-    model = _allocate(lambda device: build(spec, device=device), next(unet.parameters()))
+    model = _allocate(lambda device: idmzoo.build(spec, device=device), next(unet.parameters()))
     _load(model, state, "idmzoo model built from the config", "config")
     return model.train(unet.training)

@@ -7,6 +7,7 @@ diffusers fails these tests instead of skipping them.
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import Any
 
 import diffusers
@@ -320,3 +321,16 @@ def test_qkv_regrouping_matters() -> None:
     x, t, y = inputs(legacy.spec)
     with torch.no_grad():
         assert (to_diffusers(as_new)(x, t).sample - legacy(x, t, y)).abs().max() > 1e-2
+
+
+def test_missing_diffusers_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    model = idmzoo.build(adm(), device="meta")
+    for call in (lambda: to_diffusers(model), lambda: from_diffusers(object())):
+        with pytest.raises(idmzoo.IdmzooError, match=r'pip install "idmzoo\[diffusers\]"'):
+            call()
+
+
+def test_public_names() -> None:
+    assert idmzoo.to_diffusers is to_diffusers and idmzoo.from_diffusers is from_diffusers
+    assert issubclass(idmzoo.DiffusersConversionError, (idmzoo.IdmzooError, ValueError))
