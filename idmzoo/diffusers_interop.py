@@ -372,6 +372,27 @@ def _convert_state(
     return out, set(source) - used
 
 
+# Config entries older diffusers releases do not take, with the behaviour they hard-wire.
+_IMPLICIT = {"mid_block_type": "UNetMidBlock2D", "add_attention": True, "dropout": 0.0}
+
+
+def _unet_kwargs(diffusers: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` restricted to what this diffusers' ``UNet2DModel`` takes, or a refusal."""
+    import inspect
+
+    accepted = inspect.signature(diffusers.UNet2DModel.__init__).parameters
+    kwargs = {}
+    for name, value in config.items():
+        if name in accepted:
+            kwargs[name] = value
+        elif name not in _IMPLICIT or value != _IMPLICIT[name]:
+            raise IdmzooError(
+                f"diffusers {diffusers.__version__}'s UNet2DModel has no {name!r} parameter, which this "
+                f'model needs ({name}={value!r}); upgrade it: pip install "idmzoo[diffusers]"'
+            )
+    return kwargs
+
+
 def _on(device: Any, cls: Any, **kwargs: Any) -> Any:
     with torch.device(device):
         return cls(**kwargs)
@@ -437,7 +458,9 @@ def to_diffusers(model: nn.Module, *, sample_size: int | None = None) -> Any:
     if unused:
         raise _refuse("spec", f"parameters with no UNet2DModel counterpart: {', '.join(sorted(unused)[:5])}")
     param = next(model.parameters())
-    unet = _allocate(lambda device: _on(device, diffusers.UNet2DModel, **config), param)
+    unet = _allocate(
+        lambda device: _on(device, diffusers.UNet2DModel, **_unet_kwargs(diffusers, config)), param
+    )
     _load(unet, state, "UNet2DModel built from the exported config", "spec")
     return unet.train(model.training)
 
