@@ -410,7 +410,8 @@ def _allocate(make: Any, like: torch.Tensor) -> Any:
         module = make(like.device)
     else:
         module = module.to_empty(device=like.device)
-    return module if like.dtype == torch.float32 else module.to(like.dtype)
+    dtypes = {p.dtype for p in module.parameters()}
+    return module if dtypes == {like.dtype} else module.to(like.dtype)
 
 
 def _load(module: nn.Module, state: dict[str, torch.Tensor], what: str, field: str) -> None:
@@ -562,7 +563,7 @@ def spec_from_diffusers_config(
         )
 
     def resampling(name: str, types: list[str], blocks: dict[str, str | None], option: str) -> str:
-        kinds = {blocks[t] or _config_value(config, option, "conv") for t in types}
+        kinds = {blocks[t] or _config_value(config, option) or "conv" for t in types}
         if not kinds <= {"conv", "resnet"}:
             raise _refuse(
                 option, f"{_config_value(config, option)!r}: idmzoo resamples with a conv or a resnet"

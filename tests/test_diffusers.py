@@ -123,16 +123,18 @@ def test_grid_export_and_import_are_exact(row: tuple[int, ...]) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        # one head whose width is the same everywhere it attends: attention_head_dim = 64 / 4
+        # four heads whose width is the same everywhere they attend: attention_head_dim = 64 / 4
         dict(num_heads=4),
         # three levels, two blocks each, attention at full resolution and the bottleneck level,
-        # a fractional multiplier past the first level
+        # a fractional multiplier past the first level, resblock resampling, scale-shift
         dict(
             model_channels=64,
             channel_mult=(1, 1.5, 2),
             num_res_blocks=2,
             attention_resolutions=(1, 4),
             num_head_channels=32,
+            resblock_updown=True,
+            use_scale_shift_norm=True,
         ),
         # no attention outside the bottleneck, three levels, dropout (inactive in eval)
         dict(channel_mult=(1, 2, 2), attention_resolutions=(), dropout=0.1),
