@@ -170,8 +170,10 @@ def diffusers_config(spec: Any, *, sample_size: int | None = None) -> dict[str, 
     if spec.use_fp16:
         raise _refuse(
             "use_fp16",
-            "a float16 torso with float32 norms and embeddings has no UNet2DModel counterpart "
-            "(diffusers casts the whole model); export the float32 model and cast it with .half()",
+            "a float16 torso with float32 norms, embeddings and output has no UNet2DModel counterpart "
+            "(a diffusers model runs in one dtype); export the float32 twin instead: "
+            "build(Spec.model_validate({**spec.model_dump(), 'use_fp16': False})), load this model's "
+            "state dict into it, export that, and cast the UNet2DModel with .half() if wanted",
         )
     if spec.pool is not None:
         raise _refuse("pool", "UNet2DModel has no pooling head")

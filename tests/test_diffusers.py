@@ -336,3 +336,17 @@ def test_missing_diffusers_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -
 def test_public_names() -> None:
     assert idmzoo.to_diffusers is to_diffusers and idmzoo.from_diffusers is from_diffusers
     assert issubclass(idmzoo.DiffusersConversionError, (idmzoo.IdmzooError, ValueError))
+
+
+def test_fp16_spec_exports_through_its_float32_twin() -> None:
+    """The recipe the use_fp16 refusal gives: the float32 twin takes the weights and exports."""
+    half = randomized(idmzoo.build(adm(use_fp16=True)))
+    assert refused(half.spec).field == "use_fp16"
+    twin = idmzoo.build(idmzoo.Spec.model_validate({**half.spec.model_dump(), "use_fp16": False}))
+    twin.load_state_dict(half.state_dict())
+    unet = to_diffusers(twin.eval())
+    x, t, y = inputs(twin.spec)
+    with torch.no_grad():
+        expected = twin(x, t, y)
+        assert expected.abs().max() > 0.1
+        assert (unet(x, t).sample - expected).abs().max() < TOL
