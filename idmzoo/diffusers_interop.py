@@ -7,8 +7,9 @@ the same function.  What one side cannot express is refused with a
 :class:`~idmzoo.errors.DiffusersConversionError` naming the field; nothing is approximated.
 
 Only public idmzoo API is used (``idmzoo.build``, ``idmzoo.Spec``, ``idmzoo.get_block``,
-the spec's field values, the documented block names and the reference state-dict keys), and diffusers is imported inside the functions, so
-``import idmzoo`` does not need it.
+the spec's field values, the documented block names and the reference state-dict keys),
+and diffusers is imported inside the functions, so ``import idmzoo`` does not need it.
+See docs/diffusers.md.
 """
 
 from __future__ import annotations
@@ -184,12 +185,11 @@ def diffusers_config(spec: Any, *, sample_size: int | None = None) -> dict[str, 
             "block_out_channels[0] frequencies, idmzoo's has model_channels; they agree only when "
             "the first level's multiplier is 1",
         )
-    norm = _builtin("norm", spec.norm)
+    _builtin("norm", spec.norm)  # group_norm32: its num_groups and eps map onto the config
     _builtin("resblock", spec.resblock)
     _builtin("attention", spec.attention)
     up = _RESAMPLE[_builtin("upsample", spec.upsample)]
     down = _RESAMPLE[_builtin("downsample", spec.downsample)]
-    assert norm == "group_norm32"
     if spec.resblock.skip_conv:
         raise _refuse(
             "resblock.skip_conv",
