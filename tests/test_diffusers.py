@@ -265,9 +265,9 @@ def test_inexpressible_unets_are_refused_by_config_field(
     assert info.value.field == field
 
 
-def test_from_diffusers_of_a_native_unet() -> None:
-    """A UNet2DModel written in diffusers' own terms (its defaults' block mix) imports exactly."""
-    unet = diffusers.UNet2DModel(
+NATIVE_UNETS = {
+    # diffusers' default block mix, in small
+    "default_mix": dict(
         sample_size=16,
         block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
@@ -275,14 +275,38 @@ def test_from_diffusers_of_a_native_unet() -> None:
         layers_per_block=1,
         attention_head_dim=8,
         num_class_embeds=3,
-    )
-    randomized(unet)
-    model = from_diffusers(unet, attention="legacy_attention")
-    assert model.spec.attention.num_head_channels == 8
+    ),
+    # TEST_UNET_CONFIG of diffusers' scripts/convert_consistency_to_diffusers.py (ADM-style)
+    "consistency_test": dict(
+        sample_size=32,
+        layers_per_block=2,
+        num_class_embeds=1000,
+        block_out_channels=(32, 64),
+        attention_head_dim=8,
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        resnet_time_scale_shift="scale_shift",
+        attn_norm_num_groups=32,
+        upsample_type="resnet",
+        downsample_type="resnet",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NATIVE_UNETS)
+def test_from_diffusers_of_a_native_unet(name: str) -> None:
+    """UNet2DModels written in diffusers' own terms import exactly, in either qkv order."""
+    unet = randomized(diffusers.UNet2DModel(**NATIVE_UNETS[name]))
     x = torch.randn(2, 3, 16, 16)
     t, y = torch.tensor([10.0, 500.0]), torch.tensor([0, 2])
     with torch.no_grad():
-        assert (model(x, t, y) - unet(x, t, class_labels=y).sample).abs().max() < TOL
+        expected = unet(x, t, class_labels=y).sample
+        assert expected.abs().max() > 0.1
+        for attention in ("legacy_attention", "new_order_attention"):
+            model = from_diffusers(unet, attention=attention)
+            assert model.spec.attention.num_head_channels == 8
+            assert (model(x, t, y) - expected).abs().max() < TOL
+            assert (to_diffusers(model)(x, t, class_labels=y).sample - expected).abs().max() < TOL
     with pytest.raises(TypeError):
         from_diffusers(model)
 
