@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": "idmzoo.checkpoint",
     "spec_from_flags": "idmzoo.reference",
     "spec_from_reference": "idmzoo.reference",
+    "to_diffusers": "idmzoo.diffusers_interop",
+    "from_diffusers": "idmzoo.diffusers_interop",
     # the registry and the plugin API
     "BLOCK_KINDS": "idmzoo.registry",
     "BlockInfo": "idmzoo.registry",
@@ -73,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "FlagError": "idmzoo.errors",
     "ReferenceConversionError": "idmzoo.errors",
     "DownloadError": "idmzoo.errors",
+    "DiffusersConversionError": "idmzoo.errors",
     "IdmzooPluginWarning": "idmzoo.errors",
 }
 
@@ -99,9 +102,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from .blocks.timestep import TimestepBlock, TimestepEmbedSequential
     from .builder import build
     from .checkpoint import load_checkpoint
+    from .diffusers_interop import from_diffusers, to_diffusers
     from .errors import (
         BlockBuildError,
         CheckpointError,
+        DiffusersConversionError,
         DownloadError,
         DuplicateBlockError,
         FlagError,

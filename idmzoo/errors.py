@@ -20,6 +20,7 @@ __all__ = [
     "FlagError",
     "ReferenceConversionError",
     "DownloadError",
+    "DiffusersConversionError",
     "IdmzooPluginWarning",
 ]
 
@@ -90,6 +91,20 @@ class ReferenceConversionError(IdmzooError, ValueError):
 
 class DownloadError(IdmzooError):
     """A file that could not be downloaded, or whose bytes are not the ones recorded for it."""
+
+
+class DiffusersConversionError(IdmzooError, ValueError):
+    """A model that diffusers' ``UNet2DModel`` cannot express, or a ``UNet2DModel`` idmzoo cannot.
+
+    Raised by :func:`idmzoo.to_diffusers` (``field`` is the spec field, e.g.
+    ``"attention.num_heads"``) and :func:`idmzoo.from_diffusers` (``field`` is the
+    ``UNet2DModel`` config field, e.g. ``"down_block_types"``).  Nothing is converted
+    approximately: either the converted model computes the same function, or this is raised.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class IdmzooPluginWarning(UserWarning):
