@@ -1,8 +1,10 @@
-"""How long building a spec takes on the meta device (no weights allocated).
+"""How long building a spec takes on the meta device (no weights allocated), and start-up.
 
-Times ``idmzoo.build(spec, device="meta")`` in this process (best of ``--repeats``), then
-the whole ``idmzoo build SPEC --device meta`` command, whose wall time is mostly Python
-start-up and ``import torch`` (timed alone for comparison).
+Times ``idmzoo.build(spec, device="meta")`` and the build-time shape check in this process
+(best of ``--repeats``), then the whole ``idmzoo build SPEC --device meta`` command, whose
+wall time is mostly Python start-up and ``import torch`` (timed alone for comparison), and
+``idmzoo --help`` against ``python -c "import torch"`` (median of ``--repeats`` each, as a
+ratio measured in the same run: the lazy package root keeps torch out of ``--help``).
 
 Usage::
 
@@ -12,11 +14,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import time
 
 import idmzoo
+from idmzoo.shape_check import check_block_shapes
 
 
 def _wall(command: list[str]) -> float:
@@ -37,12 +41,26 @@ def main(argv: list[str] | None = None) -> None:
         model = idmzoo.build(args.spec, device="meta")
         times.append(time.perf_counter() - start)
     parameters = sum(p.numel() for p in model.parameters())
+    check_block_shapes(model)  # the meta kernels are imported on first use
+    checks = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        check_block_shapes(model)
+        checks.append(time.perf_counter() - start)
     command = _wall(["idmzoo", "build", args.spec, "--device", "meta"])
-    torch_import = _wall([sys.executable, "-c", "import torch"])
+    torch_import = [_wall([sys.executable, "-c", "import torch"]) for _ in range(args.repeats)]
+    help_ = [_wall(["idmzoo", "--help"]) for _ in range(args.repeats)]
     print(f"{args.spec}: {parameters:,} parameters")
     print(f"idmzoo.build(device='meta'): {min(times):.3f} s (best of {args.repeats})")
+    print(f"shape check on meta: {min(checks):.3f} s (best of {args.repeats})")
     print(
-        f"`idmzoo build --device meta` command: {command:.2f} s wall, of which `import torch` alone takes {torch_import:.2f} s"
+        f"`idmzoo build --device meta` command: {command:.2f} s wall, of which `import torch` alone "
+        f"takes {statistics.median(torch_import):.2f} s"
+    )
+    ratio = statistics.median(help_) / statistics.median(torch_import)
+    print(
+        f"`idmzoo --help`: {statistics.median(help_):.2f} s, {ratio:.2f}x `import torch` "
+        f"(median of {args.repeats}; target <= 0.5x)"
     )
 
 
