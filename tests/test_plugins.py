@@ -148,6 +148,40 @@ def test_plugin_failing_at_import_is_skipped_with_a_warning_naming_it(install):
         registry.get("norm", "broken_norm")
 
 
+def test_a_failing_plugins_warning_points_at_the_plugins_own_line(install, tmp_path):
+    module = install("idmzoo-fake-pointing", "x = 1\nraise ImportError('broken on line two')\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        BlockRegistry().list()
+    (warning,) = [w for w in caught if "idmzoo-fake-pointing" in str(w.message)]
+    assert (warning.filename, warning.lineno) == (str(tmp_path / f"{module}.py"), 2)
+
+
+def test_a_plugin_that_exits_or_prints_while_loading_cannot_take_discovery_down(install, capsys):
+    install("idmzoo-fake-exits", "import sys\nsys.exit(3)\n")
+    install("idmzoo-fake-chatty", norm_plugin("chatty_norm", extra="print('hello from a plugin')"))
+    registry, warned = discover()
+    assert len(warned) == 1 and "SystemExit: 3" in warned[0]
+    assert registry.get("norm", "chatty_norm").package == "idmzoo-fake-chatty"
+    captured = capsys.readouterr()
+    assert "hello from a plugin" in captured.err and "hello" not in captured.out
+
+
+def test_a_distribution_found_twice_on_the_path_loads_once(install, tmp_path, monkeypatch):
+    module = install("idmzoo-fake-twice", norm_plugin("twice_norm"))
+    copy = tmp_path / "stray-src"  # e.g. a stray src/*.egg-info left in a copied source folder
+    copy.mkdir()
+    (copy / "idmzoo_fake_twice-0.1.dist-info").mkdir()
+    for name in ("METADATA", "entry_points.txt"):
+        source = (tmp_path / "idmzoo_fake_twice-0.1.dist-info" / name).read_text()
+        (copy / "idmzoo_fake_twice-0.1.dist-info" / name).write_text(source)
+    monkeypatch.syspath_prepend(str(copy))
+    registry, warned = discover()
+    assert warned == []
+    assert registry.get("norm", "twice_norm").package == "idmzoo-fake-twice"
+    assert importlib.import_module(module).calls == 1
+
+
 def test_invalid_block_rolls_back_everything_the_plugin_registered(install):
     extra = 'idmzoo.register_block("norm", "bad_norm", nn.GroupNorm, params=dict, description="x")'
     install("idmzoo-fake-invalid", norm_plugin("first_norm", extra=extra))

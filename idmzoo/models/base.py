@@ -11,7 +11,7 @@ from ..blocks.context import BlockContext
 from ..blocks.layers import conv_nd
 from ..blocks.timestep import TimestepEmbedSequential, timestep_embedding
 from ..errors import BlockBuildError, IdmzooError
-from ..layout import Site, UNetLayout
+from ..layout import Site
 from ..registry import REGISTRY, BlockParams
 from ..runtime import Checkpointing
 
@@ -96,10 +96,10 @@ class IdmzooModel(nn.Module):
         layout: its :class:`~idmzoo.layout.UNetLayout`.
     """
 
-    def __init__(self, spec: Spec, layout: UNetLayout) -> None:
+    def __init__(self, spec: Spec) -> None:
         super().__init__()
         self.spec = spec
-        self.layout = layout
+        self.layout = layout = spec.layout()
         self.maker = BlockMaker(spec)
         emb_channels = self.maker.ctx.emb_channels
         self.time_embed = nn.Sequential(

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..layout import UNetLayout
 from .base import IdmzooModel
 
 if TYPE_CHECKING:
@@ -18,8 +17,9 @@ __all__ = ["EncoderUNetModel"]
 class EncoderUNetModel(IdmzooModel):
     """The encoder half of the U-Net and a pooling head: ``model(x, timesteps)`` → ``[N, out_channels]``."""
 
-    def __init__(self, spec: Spec, layout: UNetLayout) -> None:
-        super().__init__(spec, layout)
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        layout = self.layout
         head = self.maker.ctx.at(
             "head",
             out_channels=spec.out_channels,

@@ -18,9 +18,6 @@ __all__ = [
     "UNetFamily",
     "SuperResUNetFamily",
     "EncoderUNetFamily",
-    "build_unet",
-    "build_superres_unet",
-    "build_encoder_unet",
 ]
 
 
@@ -60,31 +57,25 @@ class EncoderUNetFamily(FamilyParams):
         return unet_layout(spec, in_channels=spec.in_channels, decoder=False)
 
 
-@register_block(
-    "family", "unet", params=UNetFamily, description="Diffusion U-Net: model(x, timesteps, y=None)."
+# The model classes are the factories: ``build`` calls ``factory(spec)``.
+register_block(
+    "family",
+    "unet",
+    UNetModel,
+    params=UNetFamily,
+    description="Diffusion U-Net: model(x, timesteps, y=None).",
 )
-def build_unet(spec: Spec) -> UNetModel:
-    """A :class:`UNetModel` for ``spec``."""
-    return UNetModel(spec, spec.layout())
-
-
-@register_block(
+register_block(
     "family",
     "superres_unet",
+    SuperResUNetModel,
     params=SuperResUNetFamily,
     description="Super-resolution U-Net: model(x, timesteps, low_res, y=None).",
 )
-def build_superres_unet(spec: Spec) -> SuperResUNetModel:
-    """A :class:`SuperResUNetModel` for ``spec``."""
-    return SuperResUNetModel(spec, spec.layout())
-
-
-@register_block(
+register_block(
     "family",
     "encoder_unet",
+    EncoderUNetModel,
     params=EncoderUNetFamily,
     description="Encoder half with a pooling head (noisy-image classifier): model(x, timesteps).",
 )
-def build_encoder_unet(spec: Spec) -> EncoderUNetModel:
-    """An :class:`EncoderUNetModel` for ``spec``."""
-    return EncoderUNetModel(spec, spec.layout())

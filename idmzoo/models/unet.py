@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks.layers import conv_nd, zero_module
-from ..layout import UNetLayout
 from .base import IdmzooModel
 
 if TYPE_CHECKING:
@@ -39,8 +38,9 @@ class UNetModel(IdmzooModel):
     consistency-models' with the ``conv2d_attention`` block).
     """
 
-    def __init__(self, spec: Spec, layout: UNetLayout) -> None:
-        super().__init__(spec, layout)
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        layout = self.layout
         if spec.num_classes is not None:
             self.label_emb = _label_embedding(spec.num_classes, self.maker.ctx.emb_channels)
         self.output_blocks = nn.ModuleList(self.maker.group(g) for g in layout.output_blocks)

@@ -108,19 +108,17 @@ def plugin_entry_points() -> list[tuple[str, importlib.metadata.EntryPoint]]:
     """``(distribution, entry point)`` of every other distribution's plugin, in name order.
 
     idmzoo's own entry point (left by an older install's metadata) is skipped: its blocks
-    come from :data:`BUILTIN_MODULES`.  A distribution found twice on ``sys.path`` (an
-    installed copy and a stray ``*.egg-info`` in a source folder) counts once.
+    come from :data:`BUILTIN_MODULES`.  (A distribution found twice on ``sys.path`` counts
+    once: :func:`importlib.metadata.entry_points` keeps the first of each name.)
     """
-    seen: set[tuple[str, str, str]] = set()
-    found = []
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = _distribution_name(entry_point)
-        key = (dist.lower().replace("_", "-"), entry_point.name, entry_point.value)
-        if dist == BUILTIN_PACKAGE or key in seen:
-            continue
-        seen.add(key)
-        found.append((dist, entry_point))
-    return sorted(found, key=lambda item: (item[0], item[1].name))
+    found = [
+        (_distribution_name(entry_point), entry_point)
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    ]
+    return sorted(
+        ((dist, ep) for dist, ep in found if dist != BUILTIN_PACKAGE),
+        key=lambda item: (item[0], item[1].name),
+    )
 
 
 def _run_entry_point(entry_point: importlib.metadata.EntryPoint) -> None:
