@@ -296,6 +296,13 @@ def test_docs_catalogue_table_lists_every_entry_with_its_parameter_count():
         assert all(checkpoint in rows[entry.name] for checkpoint in entry.checkpoints)
 
 
+def test_docs_give_every_entry_s_paper_and_the_restrictive_licences():
+    text = (ROOT / "docs/zoo.md").read_text()
+    assert all(f"arXiv {entry.paper.arxiv}" in text for entry in idmzoo.list_models())
+    assert "CC BY-NC-SA 4.0: non-commercial" in text and "has no licence file" in text
+    assert "The zoo downloads nothing" not in text and "create(pretrained=True)" in text
+
+
 # -- list_models --------------------------------------------------------------------------
 
 
