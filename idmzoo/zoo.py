@@ -13,10 +13,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ManualDownloadError, UnknownModelError
@@ -25,8 +27,6 @@ from .reference import spec_from_flags
 from .spec import Spec
 
 if TYPE_CHECKING:  # torch is imported by create() only, so listing the zoo stays fast
-    import os
-    from pathlib import Path
     from typing import TextIO
 
     import torch
@@ -291,8 +291,6 @@ def download_checkpoint(
             is not in the cache: the message says where to get it and where to put it.
         DownloadError: the download failed, or its bytes are not the recorded ones.
     """
-    from pathlib import Path
-
     from .download import cache_dir, download, is_verified
 
     record = get_entry(name).checkpoint(checkpoint)
