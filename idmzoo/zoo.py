@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -146,7 +146,7 @@ class ZooEntry:
     param_count: int
     checkpoints: tuple[str, ...]
     note: str
-    spec_overrides: dict[str, Any]
+    spec_overrides: dict[str, Any] = field(hash=False)  # entries stay hashable
     checkpoint_files: tuple[Checkpoint, ...]
     source: Source
     paper: Paper

@@ -312,6 +312,7 @@ def test_list_models_filters_with_fnmatch_and_sorts_naturally():
     unconditional = idmzoo.list_models("*_uncond", exclude=["idm_*", "*_256_*"])
     assert [entry.name for entry in unconditional] == ["adm_imagenet256_uncond"]
     assert idmzoo.list_models("nothing*") == []
+    assert len(set(idmzoo.list_models())) == len(idmzoo.list_models())  # entries are hashable
 
 
 # -- create and overrides -----------------------------------------------------------------
