@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "list_models": "idmzoo.zoo",
     "zoo_spec": "idmzoo.zoo",
     "ZooEntry": "idmzoo.zoo",
+    "download_checkpoint": "idmzoo.zoo",
     "load_checkpoint": "idmzoo.checkpoint",
     "spec_from_flags": "idmzoo.reference",
     "spec_from_reference": "idmzoo.reference",
@@ -75,6 +76,7 @@ _EXPORTS: dict[str, str] = {
     "FlagError": "idmzoo.errors",
     "ReferenceConversionError": "idmzoo.errors",
     "DownloadError": "idmzoo.errors",
+    "ManualDownloadError": "idmzoo.errors",
     "DiffusersConversionError": "idmzoo.errors",
     "IdmzooPluginWarning": "idmzoo.errors",
 }
@@ -113,6 +115,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         IdmzooError,
         IdmzooPluginWarning,
         InvalidBlockError,
+        ManualDownloadError,
         PluginLoadError,
         ReferenceConversionError,
         SiteCheckError,
@@ -137,4 +140,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from .schema import spec_schema
     from .spec import FamilyParams, Spec, load_spec
     from .summary import ModelSummary, summarize
-    from .zoo import ZooEntry, create, list_models, zoo_spec
+    from .zoo import ZooEntry, create, download_checkpoint, list_models, zoo_spec

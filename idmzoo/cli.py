@@ -110,6 +110,21 @@ def _list_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- download -------------------------------------------------------------------------
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the zoo name (see list-models)")
+    parser.add_argument("--checkpoint", metavar="FILE", help="one of its checkpoints (default: the first)")
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .zoo import download_checkpoint
+
+    print(download_checkpoint(args.name, args.checkpoint))
+    return EXIT_OK
+
+
 # -- describe ---------------------------------------------------------------------------
 
 
@@ -217,6 +232,12 @@ COMMANDS: tuple[Command, ...] = (
         "list the zoo: the published configurations with their parameter counts",
         _list_models_arguments,
         _list_models,
+    ),
+    Command(
+        "download",
+        "download a zoo model's published checkpoint into the cache and print its path",
+        _download_arguments,
+        _download,
     ),
     Command(
         "describe",

@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: the lock is the lock file's existence
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CACHE_ENV_VAR", "MIRROR_ENV_VAR", "cache_dir", "mirror_url", "download"]
+__all__ = ["CACHE_ENV_VAR", "MIRROR_ENV_VAR", "cache_dir", "mirror_url", "download", "is_verified"]
 
 #: Replaces the cache root (default ``${XDG_CACHE_HOME:-~/.cache}/idmzoo``).
 CACHE_ENV_VAR = "IDMZOO_CACHE"
@@ -168,6 +168,11 @@ def download(
             _fetch(source, where, part, dest, sha256, size, timeout, stream)
             os.replace(part, dest)
     return dest
+
+
+def is_verified(path: str | os.PathLike[str], *, sha256: str | None = None, size: int | None = None) -> bool:
+    """Whether ``path`` exists with the recorded ``size`` and ``sha256``: a file put in the cache by hand."""
+    return _verified(Path(path), sha256.lower() if sha256 else None, size, remove=False)
 
 
 def _verified(path: Path, sha256: str | None, size: int | None, *, remove: bool) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "FlagError",
     "ReferenceConversionError",
     "DownloadError",
+    "ManualDownloadError",
     "DiffusersConversionError",
     "IdmzooPluginWarning",
 ]
@@ -78,7 +79,7 @@ class CheckpointError(IdmzooError, ValueError):
 
 
 class UnknownModelError(IdmzooError, LookupError):
-    """A model name that is not in the zoo."""
+    """A model name that is not in the zoo, or a checkpoint name that is not one of its entry's."""
 
 
 class FlagError(IdmzooError, ValueError):
@@ -91,6 +92,10 @@ class ReferenceConversionError(IdmzooError, ValueError):
 
 class DownloadError(IdmzooError):
     """A file that could not be downloaded, or whose bytes are not the ones recorded for it."""
+
+
+class ManualDownloadError(DownloadError):
+    """A published checkpoint with no direct download link (e.g. on Google Drive), not in the cache yet."""
 
 
 class DiffusersConversionError(IdmzooError, ValueError):

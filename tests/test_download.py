@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -95,9 +96,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
+@contextlib.contextmanager
+def serving(state: Server) -> Iterator[Server]:
+    """``state`` served on 127.0.0.1 (a free port) until the block ends; also used by the zoo's tests."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     httpd.state = state  # type: ignore[attr-defined]
@@ -113,6 +114,12 @@ def server() -> Iterator[Server]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with serving(Server()) as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Write ``specs/<name>.json`` for every entry of the zoo catalogue (``idmzoo/zoo_catalog.json``).
 
-Each file is the validated spec of the entry's README flags (``ZooEntry.spec()``), so the
-files are a readable copy of the catalogue; ``tests/test_zoo.py`` checks they still are.
+Each file is the validated spec of the entry's flags and ``spec_overrides``
+(``ZooEntry.spec()``), so the files are a readable copy of the catalogue;
+``tests/test_zoo.py`` checks they still are.
 Run it after changing the catalogue:
 
     python tools/make_zoo_specs.py            # rewrite the files

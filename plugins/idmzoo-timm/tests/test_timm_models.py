@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
+
 import idmzoo_timm
 import pytest
 import timm
@@ -10,6 +14,7 @@ from idmzoo_timm.models import NoPretrainedWeightsError
 from pydantic import ValidationError
 
 import idmzoo
+from tests.test_download import Server, serving
 
 ZOO = idmzoo.list_models()
 SMALL = {"model_channels": 32, "num_res_blocks": 1}
@@ -17,7 +22,10 @@ SMALL = {"model_channels": 32, "num_res_blocks": 1}
 
 def test_timm_lists_every_zoo_model_by_its_zoo_name():
     assert timm.list_models("idm_*") == sorted(e.name for e in ZOO if e.name.startswith("idm_"))
-    assert set(timm.list_models(["idm_*", "adm_*"])) == {e.name for e in ZOO}
+    assert set(timm.list_models([e.name for e in ZOO])) == {e.name for e in ZOO}
+    assert {"cm_imagenet64", "p2_256_uncond", "repaint_places256", "blinddps_tilt256"} <= set(
+        timm.list_models()
+    )
     assert all(getattr(idmzoo_timm.models, e.name) is timm.models.model_entrypoint(e.name) for e in ZOO)
 
 
@@ -36,13 +44,37 @@ def test_timm_keyword_arguments_are_validated_spec_overrides():
         timm.create_model("idm_cifar10_uncond", num_res_blokcs=1)
 
 
-def test_pretrained_explains_how_to_load_a_published_checkpoint():
+def test_pretrained_downloads_through_idmzoo_s_cache(tmp_path, monkeypatch):
+    """The published URL's path, served by a loopback mirror; overrides keep the model small."""
+    source = idmzoo.create("idm_cifar10_uncond", seed=0, **SMALL)
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    data = buffer.getvalue()
+    record = idmzoo.zoo.get_entry("idm_cifar10_uncond").checkpoint("cifar10_uncond_vlb_50M_500K.pt")
+    path = "/diffusion/march-2021/cifar10_uncond_vlb_50M_500K.pt"
+    assert record.url.endswith(path)
+    monkeypatch.setenv("IDMZOO_CACHE", str(tmp_path))
+    with serving(Server(files={path: data})) as server:
+        monkeypatch.setenv("IDMZOO_MIRROR", server.base)
+        model = timm.create_model(
+            "idm_cifar10_uncond", pretrained=True, checkpoint="cifar10_uncond_vlb_50M_500K.pt", **SMALL
+        )
+        assert [p for p, _ in server.requests] == [path]
+    cached = Path(tmp_path) / "checkpoints" / "cifar10_uncond_vlb_50M_500K.pt"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_pretrained_without_a_direct_link_says_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDMZOO_CACHE", str(tmp_path))
     with pytest.raises(
         NoPretrainedWeightsError,
-        match=r"adm_imagenet256_cond has no pretrained weights to download"
-        r"[\s\S]*256x256_diffusion\.pt[\s\S]*idmzoo\.load_checkpoint",
-    ):
-        timm.create_model("adm_imagenet256_cond", pretrained=True)
+        match=r"kernel_checkpoint\.pt of zoo model 'blinddps_kernel64' has no direct download link"
+        r"[\s\S]*drive\.google\.com[\s\S]*idmzoo\.load_checkpoint",
+    ) as info:
+        timm.create_model("blinddps_kernel64", pretrained=True)
+    assert isinstance(info.value, idmzoo.ManualDownloadError)
+    assert str(tmp_path / "checkpoints" / "kernel_checkpoint.pt") in str(info.value)
 
 
 def test_checkpoint_loads_into_a_timm_created_model(tmp_path):

@@ -3,8 +3,10 @@
 Importing this module (``import idmzoo_timm`` does) registers one timm entry point per
 zoo entry, named like it.  As in timm's own model modules, each entry point is also an
 attribute of this module, and timm's ``register_model`` adds its name to ``__all__``.
-There are no weights to download: ``pretrained=True`` raises
-:class:`NoPretrainedWeightsError`, which says how to load a published checkpoint instead.
+``pretrained=True`` loads a published checkpoint exactly as ``idmzoo.create(name,
+pretrained=True)`` does (downloaded into idmzoo's cache, verified, loaded strictly); a
+checkpoint with no direct link raises :class:`NoPretrainedWeightsError`, saying where to
+get it by hand.
 """
 
 from __future__ import annotations
@@ -16,22 +18,13 @@ import torch.nn as nn
 from timm.models import register_model
 
 import idmzoo
-from idmzoo import IdmzooError, ZooEntry
+from idmzoo import ManualDownloadError, ZooEntry
 
 __all__ = ["NoPretrainedWeightsError"]
 
 
-class NoPretrainedWeightsError(IdmzooError, RuntimeError):
-    """``pretrained=True`` for a zoo model: idmzoo downloads no weights."""
-
-
-def _no_weights_message(entry: ZooEntry) -> str:
-    return (
-        f"{entry.name} has no pretrained weights to download: idmzoo and idmzoo-timm fetch no "
-        f"files. Download a published checkpoint yourself ({', '.join(entry.checkpoints)}), then "
-        f"build without memory and load it safely: model = idmzoo.load_checkpoint("
-        f"timm.create_model({entry.name!r}, device='meta'), 'path/to/{entry.checkpoints[0]}')"
-    )
+class NoPretrainedWeightsError(ManualDownloadError, RuntimeError):
+    """``pretrained=True`` for a checkpoint that must be downloaded by hand (e.g. from Google Drive)."""
 
 
 def _entry_point(entry: ZooEntry) -> Callable[..., nn.Module]:
@@ -43,17 +36,21 @@ def _entry_point(entry: ZooEntry) -> Callable[..., nn.Module]:
         **overrides: Any,
     ) -> nn.Module:
         # timm passes pretrained_cfg, pretrained_cfg_overlay and cache_dir to every entry
-        # point; with no weights to fetch they have nothing to configure.
-        if pretrained:
-            raise NoPretrainedWeightsError(_no_weights_message(entry))
-        return idmzoo.create(entry.name, **overrides)
+        # point; the weights come from idmzoo's catalogue and cache, which they do not describe.
+        try:
+            return idmzoo.create(entry.name, pretrained=pretrained, **overrides)
+        except ManualDownloadError as err:
+            raise NoPretrainedWeightsError(
+                f"{err} Or load a checkpoint yourself: model = idmzoo.load_checkpoint("
+                f"timm.create_model({entry.name!r}, device='meta'), 'path/to/{entry.checkpoints[0]}')"
+            ) from err
 
     create.__name__ = create.__qualname__ = entry.name
     create.__module__ = __name__
     create.__doc__ = (
         f"{entry.description} ({entry.library}, {entry.param_count:,} parameters).\n\n"
-        "Keyword arguments are idmzoo spec fields (validated) or ``device``/``checkpointing``; "
-        "see :func:`idmzoo.create`."
+        "Keyword arguments are idmzoo spec fields (validated) or ``device``/``checkpointing``/"
+        "``checkpoint``; see :func:`idmzoo.create`."
     )
     return create
 
