@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,15 +119,16 @@ def test_smallest_timestep_width_runs_forward():
     assert model(torch.randn(1, 3, 4, 4), torch.tensor([3.0])).shape == (1, 3, 4, 4)
 
 
-def test_the_estimate_is_close_to_the_built_parameter_count():
-    """The size limit is arithmetic, but it tracks the real count of the built-in blocks."""
-    for name in ("adm_imagenet256_cond", "idm_uncond_ssn"):
-        path = f"specs/{name}.json"
+def test_the_estimate_errs_low_but_tracks_the_built_parameter_count():
+    """The size limit is arithmetic; on every U-Net spec it is 0.6 to 1 times the real count."""
+    for path in sorted((Path(__file__).parent.parent / "specs").glob("*.json")):
         spec = idmzoo.load_spec(path)
+        if spec.family.type.endswith("encoder_unet"):
+            continue
         sizes = spec.estimate_size()
         del sizes["blocks"]
         real = sum(p.numel() for p in idmzoo.build(spec, device="meta").parameters())
-        assert 0.8 * real <= sum(sizes.values()) <= 1.25 * real, (name, sizes, real)
+        assert 0.6 * real <= sum(sizes.values()) <= real, (path.name, sizes, real)
 
 
 # -- files ---------------------------------------------------------------------------------------
