@@ -177,3 +177,12 @@ def test_devices_fifos_and_directories_are_refused_before_reading(tmp_path):
         idmzoo.load_spec("/dev/zero")
     with pytest.raises(IdmzooError, match="a directory"):
         idmzoo.load_spec(tmp_path)
+
+
+def test_structural_errors_are_capped_with_a_count_of_the_rest():
+    from idmzoo.spec import MAX_ERRORS, _error, _raise
+
+    with pytest.raises(ValidationError) as caught:
+        _raise("Spec", [_error(("channel_mult", i), f"bad {i}", i) for i in range(MAX_ERRORS + 30)])
+    errors = caught.value.errors()
+    assert len(errors) == MAX_ERRORS + 1 and errors[-1]["msg"] == "... and 30 more errors"
