@@ -25,12 +25,11 @@ _KINDS = {
 }
 
 
-def open_regular(path: str | os.PathLike[str], what: str) -> tuple[BinaryIO, int]:
-    """``path`` opened for binary reading, and its size; only a regular file is opened.
+def _open_fd(path: str | os.PathLike[str], what: str) -> tuple[int, int]:
+    """A read-only descriptor of ``path`` and its size; only a regular file is opened.
 
     The file is opened non-blocking (so a FIFO cannot hang the open) and checked with
     ``fstat`` on the open descriptor, so it cannot be swapped between check and read.
-    ``what`` names the file in errors (``"spec file"``, ``"checkpoint"``).
     """
     name = os.fspath(path)
     try:
@@ -44,10 +43,19 @@ def open_regular(path: str | os.PathLike[str], what: str) -> tuple[BinaryIO, int
             raise IdmzooError(f"cannot read {what} {name!r}: it is {kind}, not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), info.st_size
+        return fd, info.st_size
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular(path: str | os.PathLike[str], what: str) -> tuple[BinaryIO, int]:
+    """``path`` opened for binary reading, and its size; only a regular file is opened.
+
+    ``what`` names the file in errors (``"spec file"``, ``"checkpoint"``).
+    """
+    fd, size = _open_fd(path, what)
+    return os.fdopen(fd, "rb"), size
 
 
 def read_text(path: str | os.PathLike[str], what: str, *, max_bytes: int) -> str:
@@ -57,11 +65,17 @@ def read_text(path: str | os.PathLike[str], what: str, *, max_bytes: int) -> str
     invalid UTF-8 are refused with the encoding or the offset of the first bad byte.
     """
     name = os.fspath(path)
-    handle, size = open_regular(path, what)
-    with handle:
+    fd, size = _open_fd(path, what)  # read with os.read: the only file event is opening the path
+    try:
         if size > max_bytes:
             raise IdmzooError(f"{what} {name!r} is {size:,} bytes; at most {max_bytes:,} bytes are read")
-        data = handle.read(max_bytes + 1)
+        chunks, total = [], 0
+        while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:  # grew while being read
         raise IdmzooError(
             f"{what} {name!r} is over {max_bytes:,} bytes; at most {max_bytes:,} bytes are read"
