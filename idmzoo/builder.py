@@ -10,13 +10,39 @@ from typing import Any
 import torch
 
 from .errors import BlockBuildError, IdmzooError
+from .messages import shorten
 from .models.base import IdmzooModel
 from .registry import REGISTRY
 from .runtime import Checkpointing
 from .shape_check import check_block_shapes, uses_plugin_blocks
 from .spec import Spec, load_spec
 
-__all__ = ["build"]
+__all__ = ["build", "check_device"]
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` parsed, if this machine has it; else an :class:`IdmzooError` saying why.
+
+    So ``cuda:7`` on a 2-GPU machine fails as that, not as an assertion inside the family.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise IdmzooError(
+            f"{shorten(str(device))!r} is not a torch device ({' '.join(str(err).split())})"
+        ) from None
+    if parsed.type in ("cpu", "meta"):
+        return parsed
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise IdmzooError(f"device {str(device)!r}: no {parsed.type} device is available here")
+    count = getattr(getattr(torch, parsed.type, None), "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise IdmzooError(
+            f"device {str(device)!r}: this machine has {count()} {parsed.type} device(s), numbered from 0"
+        )
+    return parsed
 
 
 @contextlib.contextmanager
@@ -60,8 +86,8 @@ def build(
 
     Raises:
         pydantic.ValidationError: the spec is invalid.
-        IdmzooError: the spec file cannot be read, or a block (named in the message)
-            failed to build or returns the wrong shape.
+        IdmzooError: the spec file cannot be read, ``device`` is not one this machine has,
+            or a block (named in the message) failed to build or returns the wrong shape.
         TypeError: ``seed`` is not an int.
 
     Examples:
@@ -69,6 +95,8 @@ def build(
         >>> eps = model(x, t)
     """
     spec = load_spec(spec)
+    if device is not None:
+        device = check_device(device)
     family = REGISTRY.get("family", spec.family.type)
     with _seeded(seed), torch.device(device) if device is not None else contextlib.nullcontext():
         try:

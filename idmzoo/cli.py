@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from .errors import IdmzooError
+from .messages import shorten
 from .registry import BLOCK_KINDS, BlockInfo, get_block, list_blocks
 from .summary import format_table
 
@@ -54,7 +55,10 @@ class Command:
 def validation_lines(err: ValidationError) -> list[str]:
     """One ``<json.path>: <message>`` line per error of ``err``."""
     return [
-        f"{'.'.join(str(part) for part in error['loc']) or '<spec>'}: {' '.join(error['msg'].split())}"
+        shorten(
+            f"{'.'.join(str(part) for part in error['loc']) or '<spec>'}: {' '.join(error['msg'].split())}",
+            1000,
+        )
         for error in err.errors()
     ]
 
@@ -183,13 +187,40 @@ def _validate(args: argparse.Namespace) -> int:
 # -- build --------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive integer, with the bad value in a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {shorten(text)!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a device torch can parse and this machine has (imports torch, only for ``build``)."""
+    from .builder import check_device
+
+    try:
+        check_device(text)
+    except IdmzooError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
     _spec_argument(parser)
     parser.add_argument(
-        "--device", default="cpu", help='where to allocate the weights; "meta" allocates none (default: cpu)'
+        "--device",
+        default="cpu",
+        type=_device,
+        help='where to allocate the weights; "meta" allocates none (default: cpu)',
     )
     parser.add_argument(
-        "--image-size", type=int, help="input side length for numeric shapes (default: the spec's image_size)"
+        "--image-size",
+        type=_positive_int,
+        help="input side length for numeric shapes (default: the spec's image_size)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 

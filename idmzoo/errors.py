@@ -16,6 +16,7 @@ __all__ = [
     "SiteCheckError",
     "PluginLoadError",
     "CheckpointError",
+    "InputError",
     "UnknownModelError",
     "FlagError",
     "ReferenceConversionError",
@@ -76,6 +77,10 @@ class PluginLoadError(IdmzooError):
 
 class CheckpointError(IdmzooError, ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class InputError(IdmzooError, ValueError):
+    """A forward input (``x``, ``timesteps``, ``y``, ``low_res``) the model cannot take; the message names it."""
 
 
 class UnknownModelError(IdmzooError, LookupError):

@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     PlainSerializer,
-    PositiveFloat,
-    PositiveInt,
     ValidationError,
     WrapValidator,
     field_validator,
@@ -32,9 +28,54 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import IdmzooError, SiteCheckError, UnknownBlockError
+from .files import read_text
+from .messages import shorten
 from .registry import REGISTRY, BlockParams, Place
 
-__all__ = ["Spec", "BlockField", "FamilyParams", "load_spec"]
+__all__ = [
+    "Spec",
+    "BlockField",
+    "FamilyParams",
+    "load_spec",
+    "read_spec_file",
+    "MAX_CHANNELS",
+    "MAX_LEVELS",
+    "MAX_IMAGE_SIZE",
+    "MAX_RES_BLOCKS",
+    "MAX_CLASSES",
+    "MAX_MULT",
+    "MAX_PARAMETERS",
+    "MAX_BLOCKS",
+    "MAX_ACTIVATION",
+    "MAX_SPEC_BYTES",
+    "MAX_SPEC_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_ERRORS",
+]
+
+#: Widest channel count of any field (in, out, model_channels); real models stay below 4096.
+MAX_CHANNELS = 65536
+#: Most levels (``channel_mult`` entries): 2**31 would be the bottleneck's downsampling rate.
+MAX_LEVELS = 32
+#: Largest ``image_size``, ``num_res_blocks``, ``num_classes`` and ``channel_mult`` entry.
+MAX_IMAGE_SIZE = 65536
+MAX_RES_BLOCKS = 1000
+MAX_CLASSES = 1_000_000
+MAX_MULT = 1024
+#: A spec whose estimated parameter count exceeds this could never be built (80 GB in float32).
+MAX_PARAMETERS = 20_000_000_000
+#: Most blocks (sites) a layout may have; the largest published model has under 100.
+MAX_BLOCKS = 10_000
+#: Most elements of one sample's activation at any level (``channels * side ** dims``).
+MAX_ACTIVATION = 2**40
+#: Spec files: largest size read, deepest nesting of objects and lists, longest integer.
+MAX_SPEC_BYTES = 16 * 2**20
+MAX_SPEC_DEPTH = 64
+MAX_INT_DIGITS = 100
+#: Most errors one validation reports (the rest are counted, not listed).
+MAX_ERRORS = 20
+#: Longest block name looked up; longer ones are refused without a search for close names.
+_MAX_NAME = 200
 
 Loc = tuple[str | int, ...]
 
@@ -46,6 +87,12 @@ def _error(loc: Loc, message: str, value: Any, kind: str = "spec") -> InitErrorD
 
 
 def _raise(title: str, errors: list[InitErrorDetails]) -> None:
+    if len(errors) > MAX_ERRORS:  # bounded output: the first ones, then a count of the rest
+        rest = len(errors) - MAX_ERRORS
+        errors = [
+            *errors[:MAX_ERRORS],
+            _error(errors[MAX_ERRORS]["loc"], f"... and {rest} more errors", None),
+        ]
     raise ValidationError.from_exception_data(title, errors)
 
 
@@ -63,6 +110,12 @@ def _block_validator(kind: str) -> Any:
         if not isinstance(name, str):
             message = f"missing or non-string block name; registered {kind} blocks: {', '.join(REGISTRY.names(kind))}"
             _raise(kind, [_error(("type",), message, name, "block_type")])
+        if len(name) > _MAX_NAME:
+            message = (
+                f"unknown {kind} block {shorten(name)!r}: a name of {len(name):,} characters; registered "
+                f"{kind} blocks: {', '.join(REGISTRY.names(kind))}"
+            )
+            _raise(kind, [_error(("type",), message, shorten(name), "unknown_block")])
         try:
             info = REGISTRY.get(kind, name)
         except UnknownBlockError as err:
@@ -115,6 +168,26 @@ class FamilyParams(BlockParams):
         raise NotImplementedError
 
 
+def _one_multiplier_error(value: Any, handler: Any) -> Any:
+    """One error for a bad ``channel_mult`` entry, not one per member of the int | float union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "multiplier",
+            "should be a positive finite number at most {limit}, but got {value}",
+            {"limit": MAX_MULT, "value": shorten(repr(value))},
+        ) from None
+
+
+_Channels = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+_Multiplier = Annotated[
+    Annotated[int, Field(gt=0, le=MAX_MULT)]
+    | Annotated[float, Field(gt=0, le=MAX_MULT, allow_inf_nan=False)],
+    WrapValidator(_one_multiplier_error),
+]
+
+
 def _default(kind: str, name: str) -> Any:
     return Field(default={"type": name}, validate_default=True, description=f"The {kind} block.")
 
@@ -127,27 +200,37 @@ class Spec(BaseModel):
     the first downsample, ...), as in the reference constructors.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     family: BlockField("family") = _default("model family", "unet")
-    in_channels: PositiveInt = Field(description="Channels of the input image (before any low-res concat).")
-    model_channels: PositiveInt = Field(
-        description="Base width; level widths are int(mult * model_channels)."
+    in_channels: _Channels = Field(description="Channels of the input image (before any low-res concat).")
+    model_channels: Annotated[int, Field(ge=2, le=MAX_CHANNELS)] = Field(
+        description="Base width; level widths are int(mult * model_channels). At least 2 (the timestep "
+        "embedding has model_channels // 2 frequencies)."
     )
-    out_channels: PositiveInt = Field(description="Channels of the output (6 when learning sigma on RGB).")
-    num_res_blocks: PositiveInt = Field(description="Residual blocks per level on the encoder path.")
-    attention_resolutions: tuple[PositiveInt, ...] = Field(
-        (), description="Downsampling rates at which attention blocks follow the residual blocks."
+    out_channels: _Channels = Field(description="Channels of the output (6 when learning sigma on RGB).")
+    num_res_blocks: Annotated[int, Field(ge=1, le=MAX_RES_BLOCKS)] = Field(
+        description="Residual blocks per level on the encoder path."
     )
-    dropout: NonNegativeFloat = Field(0.0, lt=1.0, description="Dropout rate inside residual blocks.")
-    channel_mult: tuple[PositiveInt | Annotated[PositiveFloat, AllowInfNan(False)], ...] = Field(
-        (1, 2, 4, 8), min_length=1, description="Width multiplier of each level; one level per entry."
+    attention_resolutions: tuple[Annotated[int, Field(ge=1, le=2 ** (MAX_LEVELS - 1))], ...] = Field(
+        (),
+        max_length=MAX_LEVELS,
+        description="Downsampling rates at which attention blocks follow the residual blocks.",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout rate inside residual blocks.")
+    channel_mult: tuple[_Multiplier, ...] = Field(
+        (1, 2, 4, 8),
+        min_length=1,
+        max_length=MAX_LEVELS,
+        description="Width multiplier of each level; one level per entry.",
     )
     dims: Literal[1, 2, 3] = Field(
         2, description="Signal dimensions: 1 (sequences), 2 (images) or 3 (video/volumes)."
     )
-    num_classes: PositiveInt | None = Field(None, description="Class-conditional with this many classes.")
-    image_size: PositiveInt | None = Field(
+    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] | None = Field(
+        None, description="Class-conditional with this many classes."
+    )
+    image_size: Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)] | None = Field(
         None, description="Side length of the input; required by heads with positional embeddings."
     )
     use_fp16: bool = Field(False, description="Keep the convolutions of the torso in float16.")
@@ -163,9 +246,20 @@ class Spec(BaseModel):
     def _sorted_rates(cls, rates: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(sorted(set(rates)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _short_unknown_keys(cls, data: Any) -> Any:
+        """An unknown key is reported shortened: a 100 MB key is not echoed in every message."""
+        if isinstance(data, Mapping):
+            long = [k for k in data if isinstance(k, str) and len(k) > 80 and k not in cls.model_fields]
+            if long:
+                message = f"unknown field of {len(long[0]):,} characters; the fields are {', '.join(cls.model_fields)}"
+                _raise(cls.__name__, [_error((shorten(long[0]),), message, None, "extra_forbidden")])
+        return data
+
     @model_validator(mode="after")
     def _check_structure(self) -> Spec:
-        errors = self._level_errors()
+        errors = self._size_errors() or self._level_errors()
         if errors:
             _raise(type(self).__name__, errors)
         try:
@@ -177,6 +271,75 @@ class Spec(BaseModel):
         if errors:
             _raise(type(self).__name__, errors)
         return self
+
+    def estimate_size(self, num_res_blocks: int | None = None) -> dict[str, int]:
+        """Parameter counts of the model's parts with the built-in blocks, from arithmetic on widths.
+
+        Nothing is laid out, so it costs microseconds whatever the spec claims.  Keys:
+        ``time`` (the timestep MLP), ``num_classes`` (the label embedding), ``in_channels``
+        (the stem), ``out_channels`` (the output convolution), ``torso`` (residual and
+        attention blocks), ``blocks`` (the number of blocks, attention and resampling
+        included, counting the decoder even for the encoder family).
+        """
+        res = self.num_res_blocks if num_res_blocks is None else num_res_blocks
+        k, mc = 3**self.dims, self.model_channels
+        emb = 4 * mc
+        widths = [int(mult * mc) for mult in self.channel_mult]
+        attended = sum(1 for level in range(len(widths)) if 2**level in self.attention_resolutions)
+
+        def resblock(cin: int, cout: int) -> int:
+            return k * (cin * cout + cout * cout) + emb * cout + (cin * cout if cin != cout else 0)
+
+        torso, ch = 0, widths[0]
+        for level, width in enumerate(widths):
+            attention = 4 * width * width if 2**level in self.attention_resolutions else 0
+            torso += resblock(ch, width) + (res - 1) * resblock(width, width) + res * attention
+            torso += (res + 1) * (resblock(2 * width, width) + attention)
+            ch = width
+        torso += 2 * resblock(ch, ch) + 4 * ch * ch
+        levels = len(widths)
+        return {
+            "time": mc * emb + emb * emb,
+            "num_classes": (self.num_classes or 0) * emb,
+            "in_channels": k * self.in_channels * widths[0],
+            "out_channels": k * widths[0] * self.out_channels,
+            "torso": torso,
+            "blocks": 1 + 3 + levels * (2 * res + 1) + attended * (2 * res + 1) + 2 * (levels - 1),
+        }
+
+    def _size_errors(self) -> list[InitErrorDetails]:
+        """Refuse, before laying anything out, a spec that could never be built or run."""
+        sizes = self.estimate_size()
+        if sizes["blocks"] > MAX_BLOCKS:
+            message = (
+                f"num_res_blocks={self.num_res_blocks} with {len(self.channel_mult)} levels lays out "
+                f"about {sizes['blocks']:,} blocks; at most {MAX_BLOCKS:,} are allowed"
+            )
+            return [_error(("num_res_blocks",), message, self.num_res_blocks)]
+        total = sum(v for key, v in sizes.items() if key != "blocks")
+        if total > MAX_PARAMETERS:
+            parts = {key: v for key, v in sizes.items() if key not in ("blocks", "time")}
+            field = max(parts, key=parts.__getitem__)
+            if field == "torso":
+                small = self.estimate_size(num_res_blocks=min(2, self.num_res_blocks))
+                field = "model_channels" if small["torso"] > MAX_PARAMETERS / 2 else "num_res_blocks"
+            message = (
+                f"the model would have about {total:,} parameters (model_channels={self.model_channels}, "
+                f"channel_mult={shorten(str(list(self.channel_mult)))}, num_res_blocks={self.num_res_blocks}, "
+                f"num_classes={self.num_classes}); at most {MAX_PARAMETERS:,} are allowed"
+            )
+            return [_error((field,), message, getattr(self, field))]
+        if self.image_size is not None:
+            for level, mult in enumerate(self.channel_mult):
+                side = self.image_size // 2**level
+                elements = 2 * int(mult * self.model_channels) * side**self.dims
+                if elements > MAX_ACTIVATION:
+                    message = (
+                        f"image_size={self.image_size} in {self.dims}-D gives one sample an activation of "
+                        f"{elements:,} elements at level {level}; at most {MAX_ACTIVATION:,} are allowed"
+                    )
+                    return [_error(("image_size",), message, self.image_size)]
+        return []
 
     def _level_errors(self) -> list[InitErrorDetails]:
         errors = []
@@ -261,26 +424,67 @@ class Spec(BaseModel):
         return self.family.layout(self)
 
 
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TooLong(len(text.lstrip("-")))
+    return int(text)
+
+
+class _TooLong(ValueError):
+    """An integer literal longer than :data:`MAX_INT_DIGITS` digits."""
+
+
+def _depth(data: Any) -> int:
+    """The nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_SPEC_DEPTH:
+                break
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> Any:
+    """The JSON data of a spec file, read with limits; every failure names the file and the cause.
+
+    Regular UTF-8 files only, at most :data:`MAX_SPEC_BYTES` bytes, nested at most
+    :data:`MAX_SPEC_DEPTH` deep, integers of at most :data:`MAX_INT_DIGITS` digits.
+    """
+    name = str(Path(path))
+    text = read_text(path, "spec file", max_bytes=MAX_SPEC_BYTES)
+    try:
+        data = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as err:
+        raise IdmzooError(f"spec file {name!r} is not valid JSON: {err}") from err
+    except _TooLong as err:
+        raise IdmzooError(
+            f"spec file {name!r} holds an integer of {err.args[0]:,} digits; at most {MAX_INT_DIGITS} are read"
+        ) from None
+    except RecursionError:
+        raise IdmzooError(
+            f"spec file {name!r} is nested too deeply (at most {MAX_SPEC_DEPTH} levels)"
+        ) from None
+    if _depth(data) > MAX_SPEC_DEPTH:
+        raise IdmzooError(f"spec file {name!r} is nested more than {MAX_SPEC_DEPTH} levels deep")
+    return data
+
+
 def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
     """A :class:`Spec` from a spec, a dict, or the path of a ``.json`` file.
 
+    Files are read with the limits of :func:`read_spec_file`.
+
     Raises:
         pydantic.ValidationError: the spec is invalid (each error names its JSON path).
-        IdmzooError: the file cannot be read or is not JSON.
+        IdmzooError: the file cannot be read, is not UTF-8 JSON, or exceeds a limit.
     """
     if isinstance(spec, Spec):
         return spec
     if isinstance(spec, Mapping):
         return Spec.model_validate(spec)
     if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise IdmzooError(f"cannot read spec file {str(path)!r}: {err.strerror or err}") from err
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise IdmzooError(f"spec file {str(path)!r} is not valid JSON: {err}") from err
-        return Spec.model_validate(data)
+        return Spec.model_validate(read_spec_file(spec))
     raise TypeError(f"spec must be a Spec, a dict or a path to a .json file, but got {type(spec).__name__}")

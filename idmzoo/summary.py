@@ -193,6 +193,10 @@ def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummar
             f".layout), but got {type(model).__name__}"
         )
     image_size = image_size if image_size is not None else spec.image_size
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
+        raise IdmzooError(f"image_size must be a positive integer, but got {image_size!r}")
     if image_size is not None and image_size % layout.final_ds:
         raise IdmzooError(
             f"image_size={image_size} must be a multiple of {layout.final_ds}, the "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 import torch
 
@@ -143,9 +146,7 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read checkpoint .*missing.pt"):
         read_state_dict(tmp_path / "missing.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(
-        CheckpointError, match=r"cannot be read with torch.load\(weights_only=True\): it is not"
-    ):
+    with pytest.raises(CheckpointError, match=r"text.pt' is not a torch checkpoint: it starts with b'not "):
         read_state_dict(tmp_path / "text.pt")
     torch.save({"a.weight": torch.ones(1000)}, tmp_path / "whole.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:600])
@@ -200,3 +201,80 @@ def test_strict_false_skips_missing_and_unexpected_keys_but_not_shapes(tmp_path)
         CheckpointError, match=r"shape mismatch \(1\):\n    out.2.bias: checkpoint \[3\], model \[6\]"
     ):
         idmzoo.load_checkpoint(idmzoo.build(SMALL_SPEC), tmp_path / "wrong_shape.pt", strict=False)
+
+
+# -- hostile and mistaken files (issue 15) -----------------------------------------------------
+
+
+def test_empty_and_text_files_are_named_not_raw_eof_or_key_errors(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt' is empty \(0 bytes\)"):
+        read_state_dict(tmp_path / "empty.pt")
+    (tmp_path / "hello.pt").write_text("hello world\n")  # torch: KeyError: 101
+    with pytest.raises(CheckpointError, match=r"hello.pt' is not a torch checkpoint: it starts with b'hell'"):
+        read_state_dict(tmp_path / "hello.pt")
+    (tmp_path / "cut.pt").write_bytes(b"\x80\x02")  # a pickle header and nothing else: EOFError
+    with pytest.raises(CheckpointError, match=r"cut.pt' is not a torch checkpoint, or is damaged"):
+        read_state_dict(tmp_path / "cut.pt")
+
+
+def test_fifos_devices_and_directories_are_refused_before_reading(tmp_path):
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)  # nobody writes: reading it would hang
+    with pytest.raises(CheckpointError, match=r"pipe.pt'.*a FIFO \(named pipe\), not a regular file"):
+        read_state_dict(fifo)
+    with pytest.raises(CheckpointError, match=r"/dev/zero'.*a character device"):
+        read_state_dict("/dev/zero")
+    with pytest.raises(CheckpointError, match="a directory"):
+        read_state_dict(tmp_path)
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_refused_pickle_names_the_callable_and_not_torchs_advice(tmp_path):
+    torch.save({"w": _System()}, tmp_path / "system.pt")
+    with pytest.raises(CheckpointError) as caught:
+        read_state_dict(tmp_path / "system.pt")
+    message = str(caught.value)
+    assert re.search(r"would call (posix|nt|os)\.system", message), message
+    assert "weights_only=False will likely succeed" not in message
+    assert "not a torch checkpoint" not in message
+
+
+@pytest.mark.parametrize("wrapper", ["module.", "_orig_mod.", "_orig_mod.module."])
+def test_ddp_and_compile_prefixes_get_a_hint_and_strip_prefix_loads_them(tmp_path, wrapper):
+    model = idmzoo.build(SMALL_SPEC, seed=0)
+    torch.save({wrapper + k: v for k, v in model.state_dict().items()}, tmp_path / "wrapped.pt")
+    with pytest.raises(CheckpointError) as caught:
+        idmzoo.load_checkpoint(SMALL_SPEC, tmp_path / "wrapped.pt")
+    assert f"every checkpoint key starts with {wrapper!r}" in str(caught.value)
+    assert "strip_prefix=True" in str(caught.value)
+    for strip in (True, wrapper):
+        loaded = idmzoo.load_checkpoint(SMALL_SPEC, tmp_path / "wrapped.pt", strip_prefix=strip)
+        assert torch.equal(run(loaded), run(model))
+
+
+def test_integer_bool_complex_sparse_and_meta_tensors_are_refused(tmp_path):
+    model = idmzoo.build(SMALL_SPEC, seed=0)
+    state = model.state_dict()
+    name = "time_embed.0.weight"
+    for label, tensor in {
+        "int64": state[name].long(),
+        "bool": state[name].bool(),
+    }.items():
+        torch.save({**state, name: tensor}, tmp_path / f"{label}.pt")
+        with pytest.raises(
+            CheckpointError, match=rf"(?s)not floating point.*{name}: checkpoint torch.{label}"
+        ):
+            idmzoo.load_checkpoint(SMALL_SPEC, tmp_path / f"{label}.pt")
+    for label, tensor in {
+        "complex": state[name].to(torch.complex64),
+        "sparse": state[name].to_sparse(),
+        "meta": torch.empty(state[name].shape, device="meta"),
+    }.items():
+        torch.save({**state, name: tensor}, tmp_path / f"{label}.pt")
+        with pytest.raises(CheckpointError, match=rf"cannot be weights .*{name} \("):
+            idmzoo.load_checkpoint(SMALL_SPEC, tmp_path / f"{label}.pt")

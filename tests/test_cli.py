@@ -7,6 +7,7 @@ errors of the same spec, the reference's parameter counts), never typed in by ha
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -175,3 +176,37 @@ def test_schema_prints_the_spec_schema_with_plugin_blocks():
         "idmzoo-convtranspose:conv_transpose"
         in schema["properties"]["upsample"]["anyOf"][0]["discriminator"]["mapping"]
     )
+
+
+# -- hostile and mistaken arguments and files (issue 15) ---------------------------------------
+
+
+def assert_usage_error(result, pattern: str) -> None:
+    assert result.returncode == 2 and result.stdout == "", result
+    assert re.search(rf"^idmzoo build: error: argument {pattern}", result.stderr, re.MULTILINE), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_build_refuses_non_positive_image_sizes_and_devices_this_machine_lacks():
+    spec = SPECS / "idm_uncond_ssn.json"
+    assert_usage_error(run_idmzoo("build", spec, "--image-size", "-8"), r"--image-size: .*positive.* -8$")
+    assert_usage_error(run_idmzoo("build", spec, "--image-size", "0"), r"--image-size: .*positive.* 0$")
+    assert_usage_error(
+        run_idmzoo("build", spec, "--device", "banana"), r"--device: 'banana' is not a torch device"
+    )
+    import torch
+
+    if torch.cuda.device_count() <= 7:
+        assert_usage_error(run_idmzoo("build", spec, "--device", "cuda:7"), r"--device: device 'cuda:7': ")
+
+
+def test_validate_names_the_file_of_a_fifo_and_an_oversized_echo_is_cut(tmp_path):
+    fifo = tmp_path / "spec.json"
+    os.mkfifo(fifo)  # nobody writes: reading it would hang
+    assert_one_error_line(run_idmzoo("validate", fifo), r"cannot read spec file '.*spec\.json': it is a FIFO")
+    data = json.loads((SPECS / "idm_uncond_ssn.json").read_text())
+    data["norm"] = {"type": "n" * 1_000_000}
+    (tmp_path / "long.json").write_text(json.dumps(data))
+    result = run_idmzoo("validate", tmp_path / "long.json")
+    assert result.returncode == 2 and result.stdout.startswith("norm.type: unknown norm block 'nnn")
+    assert len(result.stdout) < 2000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
 import textwrap
@@ -423,4 +424,63 @@ def norm_plugin_call(name: str) -> str:
     """A second ``register_block`` line for :data:`NORM_PLUGIN`'s ``{extra}``."""
     return (
         f'idmzoo.register_block("norm", {name!r}, nn.GroupNorm, params=idmzoo.BlockParams, description="x")'
+    )
+
+
+# -- plugins that print, exit or take long (issue 15) ----------------------------------------
+
+PRINTING_PLUGIN = norm_plugin("printing_norm", extra="print('hello from a plugin')")
+EXITING_PLUGIN = norm_plugin("exiting_norm", extra="import sys; sys.exit(3)")
+
+
+def test_plugin_calling_sys_exit_is_skipped_not_ending_the_process(install):
+    install("idmzoo-fake-exit", EXITING_PLUGIN)
+    registry, warned = discover()
+    assert len(warned) == 1 and "SystemExit: 3" in warned[0], warned
+    assert "exiting_norm" not in registry.names("norm")  # rolled back
+
+
+def test_what_a_plugin_prints_while_loading_goes_to_stderr(install, capsys):
+    install("idmzoo-fake-print", PRINTING_PLUGIN)
+    registry, warned = discover()
+    assert warned == [] and registry.get("norm", "printing_norm").package == "idmzoo-fake-print"
+    out, err = capsys.readouterr()
+    assert "hello from a plugin" not in out and "hello from a plugin" in err
+
+
+def test_a_plugin_slower_than_the_limit_is_warned_about_by_name(install, monkeypatch):
+    """A fake clock that advances 3 s per reading: no wall-clock time is measured or waited for."""
+    from types import SimpleNamespace
+
+    from idmzoo.registry import discovery
+
+    ticks = iter(range(0, 10**6, 3))
+    monkeypatch.setattr(discovery, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    install("idmzoo-fake-slow", norm_plugin("slow_norm"))
+    registry = BlockRegistry()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry.list()
+    slow = [str(w.message) for w in caught if "idmzoo-fake-slow" in str(w.message)]
+    assert len(slow) == 1 and re.search(r"plugin 'idmzoo-fake-slow' took 3\.0 s to load", slow[0]), slow
+    assert discovery.SLOW_PLUGIN_SECONDS == 2.0
+
+
+def test_console_script_lists_json_despite_a_printing_and_an_exiting_plugin(tmp_path):
+    """The real ``idmzoo`` script, with two throwaway distributions on PYTHONPATH (nothing installed)."""
+    for dist, source in (("idmzoo-fake-print", PRINTING_PLUGIN), ("idmzoo-fake-exit", EXITING_PLUGIN)):
+        module = f"idmzoo_test_plugin_{dist.rpartition('-')[2]}"
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nplugin = {module}:register\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = run_idmzoo("list-blocks", "--json", "--kind", "norm", PYTHONPATH=path)
+    assert result.returncode == 0, result.stderr
+    names = {record["name"]: record["package"] for record in json.loads(result.stdout)}  # stdout is pure JSON
+    assert names["printing_norm"] == "idmzoo-fake-print" and "exiting_norm" not in names
+    assert "hello from a plugin" in result.stderr
+    assert re.search(r"warning: idmzoo skipped plugin 'idmzoo-fake-exit'.*SystemExit: 3", result.stderr), (
+        result.stderr
     )

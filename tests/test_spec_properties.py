@@ -297,3 +297,53 @@ def test_unknown_top_level_keys_are_rejected_by_name(case: Case, key: str) -> No
     with pytest.raises(ValidationError) as caught:
         Spec.model_validate({**case.spec, key: 1})
     assert [detail["loc"] for detail in caught.value.errors()] == [(key,)]
+
+
+# -- numbers at the edges (issue 15) ---------------------------------------------------------
+
+_EXTREME_INTS = st.sampled_from([2**31, 2**63, 10**9, 10**12, 10**400, -(10**400)]) | st.integers(
+    -(2**70), 2**70
+)
+_EXTREME_FLOATS = st.sampled_from([1e308, -1e308, 5e-324, math.inf, -math.inf, math.nan, 1e-300])
+_EXTREME = _EXTREME_INTS | _EXTREME_FLOATS
+EDGES: dict[str, st.SearchStrategy[Any]] = {
+    "in_channels": _EXTREME,
+    "model_channels": _EXTREME | st.just(1),
+    "out_channels": _EXTREME,
+    "num_res_blocks": _EXTREME,
+    "num_classes": _EXTREME,
+    "image_size": _EXTREME,
+    "dropout": _EXTREME_FLOATS,
+    "channel_mult": st.lists(_EXTREME, min_size=1, max_size=3).map(lambda m: [*m, 1])
+    | st.just(list(range(1, 10**5))),
+    "attention_resolutions": st.lists(_EXTREME_INTS, min_size=1, max_size=3) | st.just(list(range(1, 10**5))),
+    "norm": _EXTREME_FLOATS.map(lambda eps: {"type": "group_norm32", "num_groups": 1, "eps": eps}),
+}
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_numbers_at_the_edges_are_one_bounded_error_at_their_field(data: st.DataObject) -> None:
+    """Huge, tiny, infinite and NaN numbers: one short error at the field, or a spec within every limit.
+
+    Nothing is laid out or built for an accepted spec here: acceptance must already imply
+    the size limits (the estimate is arithmetic, so this costs microseconds per example).
+    """
+    case = data.draw(cases())
+    field = data.draw(st.sampled_from(sorted(EDGES)))
+    spec = {**case.spec, field: data.draw(EDGES[field])}
+    note(json.dumps(spec, default=repr)[:2000])
+    try:
+        accepted = Spec.model_validate(spec)
+    except ValidationError as err:
+        assert_names_spec_fields(err)  # at this field, or one a changed level count affects
+        mine = [e for e in err.errors() if e["loc"][0] == field]
+        assert len(err.errors()) <= idmzoo.spec.MAX_ERRORS + 1
+        assert len({e["loc"][:2] for e in mine}) == len(mine), "one error per place"
+        assert len(str(err)) < 5000, f"{len(str(err)):,} characters of errors"
+        return
+    sizes = accepted.estimate_size()
+    assert sizes.pop("blocks") <= idmzoo.spec.MAX_BLOCKS
+    assert sum(sizes.values()) <= idmzoo.spec.MAX_PARAMETERS
+    for value in (accepted.dropout, *accepted.channel_mult, getattr(accepted.norm, "eps", 0.0)):
+        assert math.isfinite(value)

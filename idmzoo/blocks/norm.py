@@ -18,7 +18,9 @@ class GroupNormParams(BlockParams):
     num_groups: PositiveInt = Field(
         32, description="Number of channel groups; must divide every channel count."
     )
-    eps: PositiveFloat = Field(1e-5, description="Added to the variance for numerical stability.")
+    eps: PositiveFloat = Field(
+        1e-5, le=1.0, description="Added to the variance for numerical stability; at most 1."
+    )
 
     def check(self, place: Place) -> None:
         check_divides(

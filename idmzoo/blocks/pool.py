@@ -124,7 +124,7 @@ class AttentionPoolHead(nn.Sequential):
 class SpatialPoolParams(BlockParams):
     """Parameters of the heads that pool every encoder block."""
 
-    hidden_channels: PositiveInt = Field(2048, description="Width of the hidden layer.")
+    hidden_channels: PositiveInt = Field(2048, le=2**20, description="Width of the hidden layer.")
 
 
 class SpatialV2PoolParams(SpatialPoolParams):

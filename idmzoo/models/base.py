@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..blocks.context import BlockContext
 from ..blocks.layers import conv_nd
 from ..blocks.timestep import TimestepEmbedSequential, timestep_embedding
-from ..errors import BlockBuildError, IdmzooError
+from ..errors import BlockBuildError, IdmzooError, InputError
 from ..layout import Site
 from ..registry import REGISTRY, BlockParams
 from ..runtime import Checkpointing
@@ -88,6 +88,10 @@ class BlockMaker:
         return TimestepEmbedSequential(*(self.site(site) for site in sites))
 
 
+def _axes(dims: int) -> str:
+    return {1: "L", 2: "H, W", 3: "D, H, W"}[dims]
+
+
 class IdmzooModel(nn.Module):
     """Base of the model families: the timestep MLP, the encoder path and the bottleneck.
 
@@ -107,6 +111,44 @@ class IdmzooModel(nn.Module):
         )
         self.input_blocks = nn.ModuleList(self.maker.group(g) for g in layout.input_blocks)
         self.middle_block = self.maker.group(layout.middle_block)
+
+    def check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor, *, channels: int | None = None) -> None:
+        """Raise :class:`InputError` naming the argument if ``x`` or ``timesteps`` cannot be run.
+
+        Only shapes are read, so the check costs nothing, needs no device sync and traces
+        under ``torch.compile(fullgraph=True)`` (a failing check raises at trace time).
+        """
+        spec = self.spec
+        expected = spec.in_channels if channels is None else channels
+        if not isinstance(x, torch.Tensor) or x.dim() != spec.dims + 2:
+            got = f"a tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(
+                f"x must be [N, {expected}, {_axes(spec.dims)}] for a {spec.dims}-D model, but got {got}"
+            )
+        if x.shape[1] != expected:
+            raise InputError(
+                f"x has {x.shape[1]} channels, but the model takes {expected} (x is [N, C, ...])"
+            )
+        rate = self.layout.final_ds
+        if self.decoder_rate_applies:
+            halved = x.shape[3:] if spec.dims == 3 else x.shape[2:]  # 3-D keeps its depth
+            if any(side % rate for side in halved):
+                raise InputError(
+                    f"x has spatial size {list(x.shape[2:])}, but every halved side must be a multiple of "
+                    f"{rate}, the downsampling rate at the bottleneck, for the skip connections to line up"
+                )
+        if not isinstance(timesteps, torch.Tensor):
+            raise InputError(
+                f"timesteps must be a tensor of shape [{x.shape[0]}], but got {type(timesteps).__name__}"
+            )
+        if timesteps.dim() != 1 or timesteps.shape[0] not in (x.shape[0], 1):
+            raise InputError(
+                f"timesteps must have shape [{x.shape[0]}] (one per sample; [1] is broadcast as in the "
+                f"reference), but got {list(timesteps.shape)}"
+            )
+
+    #: Whether every spatial side must be a multiple of the bottleneck rate (the U-Net's skips).
+    decoder_rate_applies = True
 
     @property
     def torso_dtype(self) -> torch.dtype:

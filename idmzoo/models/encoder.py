@@ -17,6 +17,8 @@ __all__ = ["EncoderUNetModel"]
 class EncoderUNetModel(IdmzooModel):
     """The encoder half of the U-Net and a pooling head: ``model(x, timesteps)`` → ``[N, out_channels]``."""
 
+    decoder_rate_applies = False  # no skip connections: strided convs take any size
+
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         layout = self.layout
@@ -30,6 +32,7 @@ class EncoderUNetModel(IdmzooModel):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits of noisy ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``."""
+        self.check_inputs(x, timesteps)
         emb = self.embed(timesteps)
         h, features = self.encode(x.type(self.torso_dtype), emb)
         return self.out(h.type(x.dtype), [*features, h])

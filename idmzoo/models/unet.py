@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks.layers import conv_nd, zero_module
+from ..errors import InputError
 from .base import IdmzooModel
 
 if TYPE_CHECKING:
@@ -53,17 +54,45 @@ class UNetModel(IdmzooModel):
     def torso(self) -> list[nn.Module]:
         return [*super().torso(), self.output_blocks]
 
+    #: Channels of ``x`` as it enters :meth:`forward` (the super-res model's includes ``low_res``).
+    @property
+    def _x_channels(self) -> int:
+        return self.layout.input_blocks[0][0].channels
+
+    def _check_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Labels: present exactly when class-conditional, ``[N]``, integer, in ``[0, num_classes)``.
+
+        The range check reads values, so it is skipped while ``torch.compile`` or
+        ``torch.jit`` traces (where it would break the graph) and on the meta device; in
+        eager mode it costs one host sync.
+        """
+        classes = self.spec.num_classes
+        if classes is None:
+            if y is not None:
+                raise InputError("y was given but the model is not class-conditional (num_classes is None)")
+            return
+        if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+            raise InputError(f"a class-conditional model needs labels y of shape [{x.shape[0]}]")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise InputError(f"labels y must be integers (torch.long), but got {y.dtype}")
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or y.is_meta:
+            return
+        if bool(((y < 0) | (y >= classes)).any()):
+            bad = y[(y < 0) | (y >= classes)][:5].tolist()
+            raise InputError(f"labels y must be in [0, {classes - 1}] (num_classes={classes}), but got {bad}")
+
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Denoise ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``, for labels ``y`` ``[N]``."""
+        """Denoise ``x`` ``[N, C, *spatial]`` at ``timesteps`` ``[N]``, for labels ``y`` ``[N]``.
+
+        Raises:
+            InputError: an argument of the wrong shape, channel count, size or label range.
+        """
+        self.check_inputs(x, timesteps, channels=self._x_channels)
+        self._check_labels(x, y)
         emb = self.embed(timesteps)
-        if self.spec.num_classes is None:
-            if y is not None:
-                raise ValueError("y was given but the model is not class-conditional (num_classes is None)")
-        else:
-            if y is None or y.shape != (x.shape[0],):
-                raise ValueError(f"a class-conditional model needs labels y of shape [{x.shape[0]}]")
+        if y is not None:
             emb = emb + self.label_emb(y)
         h, skips = self.encode(x.type(self.torso_dtype), emb)
         for block in self.output_blocks:
@@ -82,5 +111,16 @@ class SuperResUNetModel(UNetModel):
         y: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Like :meth:`UNetModel.forward`, with ``low_res`` ``[N, C, *smaller spatial]``."""
+        self.check_inputs(x, timesteps)
+        if (
+            not isinstance(low_res, torch.Tensor)
+            or low_res.dim() != x.dim()
+            or low_res.shape[:2] != x.shape[:2]
+        ):
+            got = list(low_res.shape) if isinstance(low_res, torch.Tensor) else type(low_res).__name__
+            raise InputError(
+                f"low_res must be [{x.shape[0]}, {x.shape[1]}, <spatial>] with {x.dim() - 2} spatial axes "
+                f"like x {list(x.shape)}, but got {got}"
+            )
         upsampled = F.interpolate(low_res, x.shape[2:], mode=_INTERPOLATION[x.dim() - 2])
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, y)

@@ -84,10 +84,11 @@ class BlockParams(BaseModel):
     ``Field(description=...)``): the registry passes every one of them to the factory as a
     keyword argument, so the defaults live here only.  ``type`` is filled in by the registry
     with the name the block is registered under.  Unknown keys are rejected so typos fail
-    at validation.
+    at validation.  Float parameters must be finite (``allow_inf_nan=False``): an
+    infinite ``eps`` would make the output independent of the input.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     type: str = Field(description="The registered name of the block.")
 
