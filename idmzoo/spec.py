@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import IdmzooError, SiteCheckError, UnknownBlockError
+from .migrations import SPEC_VERSION, migrate_spec
 from .registry import REGISTRY, BlockParams, Place
 
 __all__ = ["Spec", "BlockField", "FamilyParams", "load_spec"]
@@ -67,6 +68,8 @@ def _block_validator(kind: str) -> Any:
             info = REGISTRY.get(kind, name)
         except UnknownBlockError as err:
             _raise(kind, [_error(("type",), str(err), name, "unknown_block")])
+        if name.rpartition(":")[2] != info.name:  # a deprecated alias (REGISTRY.get warned): store the new name
+            value = {**value, "type": info.name}
         return info.params.model_validate(dict(value))
 
     return validate
@@ -157,6 +160,12 @@ class Spec(BaseModel):
     upsample: BlockField("upsample") = _default("upsample", "nearest_conv")
     downsample: BlockField("downsample") = _default("downsample", "strided_conv")
     pool: BlockField("pool") | None = Field(None, description="The encoder family's output head.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """A saved spec of an older ``spec_version`` becomes a current one (see :mod:`idmzoo.migrations`)."""
+        return migrate_spec(data) if isinstance(data, Mapping) else data
 
     @field_validator("attention_resolutions")
     @classmethod
@@ -260,9 +269,22 @@ class Spec(BaseModel):
         """The :class:`~idmzoo.layout.UNetLayout` of this spec."""
         return self.family.layout(self)
 
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The spec as saved: every field written out, with ``spec_version`` first, so it keeps loading."""
+        return json.dumps({"spec_version": SPEC_VERSION, **self.model_dump(mode="json")}, indent=indent)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` (what :func:`load_spec` reads back); returns the path."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
 
 def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
-    """A :class:`Spec` from a spec, a dict, or the path of a ``.json`` file.
+    """A :class:`Spec` from a spec, a dict, JSON text (a string starting with ``{``), or a ``.json`` path.
+
+    A saved spec of an older ``spec_version`` is migrated; a newer one raises
+    :class:`~idmzoo.errors.SpecVersionError`.
 
     Raises:
         pydantic.ValidationError: the spec is invalid (each error names its JSON path).
@@ -272,6 +294,12 @@ def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
         return spec
     if isinstance(spec, Mapping):
         return Spec.model_validate(spec)
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        try:
+            data = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise IdmzooError(f"spec text is not valid JSON: {err}") from err
+        return Spec.model_validate(data)
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         try:
@@ -283,4 +311,6 @@ def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
         except json.JSONDecodeError as err:
             raise IdmzooError(f"spec file {str(path)!r} is not valid JSON: {err}") from err
         return Spec.model_validate(data)
-    raise TypeError(f"spec must be a Spec, a dict or a path to a .json file, but got {type(spec).__name__}")
+    raise TypeError(
+        f"spec must be a Spec, a dict, JSON text or a path to a .json file, but got {type(spec).__name__}"
+    )
