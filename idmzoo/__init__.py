@@ -37,6 +37,11 @@ _EXPORTS: dict[str, str] = {
     "zoo_spec": "idmzoo.zoo",
     "ZooEntry": "idmzoo.zoo",
     "load_checkpoint": "idmzoo.checkpoint",
+    "save": "idmzoo.artifacts",
+    "load": "idmzoo.pretrained",
+    "from_pretrained": "idmzoo.pretrained",
+    "identify": "idmzoo.identify",
+    "SPEC_VERSION": "idmzoo.migrations",
     "spec_from_flags": "idmzoo.reference",
     "spec_from_reference": "idmzoo.reference",
     "to_diffusers": "idmzoo.diffusers_interop",
@@ -76,7 +81,11 @@ _EXPORTS: dict[str, str] = {
     "ReferenceConversionError": "idmzoo.errors",
     "DownloadError": "idmzoo.errors",
     "DiffusersConversionError": "idmzoo.errors",
+    "SpecVersionError": "idmzoo.errors",
+    "ArtifactError": "idmzoo.errors",
+    "RequirementError": "idmzoo.errors",
     "IdmzooPluginWarning": "idmzoo.errors",
+    "IdmzooDeprecationWarning": "idmzoo.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -96,6 +105,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from .artifacts import save
     from .blocks.context import BlockContext
     from .blocks.layers import conv_nd, layer_nd, zero_module
     from .blocks.resblock import ResBlock, ResBlockParams
@@ -104,23 +114,30 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from .checkpoint import load_checkpoint
     from .diffusers_interop import from_diffusers, to_diffusers
     from .errors import (
+        ArtifactError,
         BlockBuildError,
         CheckpointError,
         DiffusersConversionError,
         DownloadError,
         DuplicateBlockError,
         FlagError,
+        IdmzooDeprecationWarning,
         IdmzooError,
         IdmzooPluginWarning,
         InvalidBlockError,
         PluginLoadError,
         ReferenceConversionError,
+        RequirementError,
         SiteCheckError,
+        SpecVersionError,
         UnknownBlockError,
         UnknownModelError,
     )
+    from .identify import identify
     from .layout import Site, UNetLayout
+    from .migrations import SPEC_VERSION
     from .models.base import IdmzooModel
+    from .pretrained import from_pretrained, load
     from .reference import spec_from_flags, spec_from_reference
     from .registry import (
         BLOCK_KINDS,

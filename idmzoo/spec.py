@@ -68,7 +68,9 @@ def _block_validator(kind: str) -> Any:
             info = REGISTRY.get(kind, name)
         except UnknownBlockError as err:
             _raise(kind, [_error(("type",), str(err), name, "unknown_block")])
-        if name.rpartition(":")[2] != info.name:  # a deprecated alias (REGISTRY.get warned): store the new name
+        if (
+            name.rpartition(":")[2] != info.name
+        ):  # a deprecated alias (REGISTRY.get warned): store the new name
             value = {**value, "type": info.name}
         return info.params.model_validate(dict(value))
 
