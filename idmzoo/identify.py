@@ -93,6 +93,7 @@ class ZooMatch:
 
     Attributes:
         name: the zoo entry.
+        names: the share of tensor names, over both, present in both (1.0: the same layout).
         fit: the share of tensors, over both, present in both with the same shape (1.0: exact).
         missing: tensors of the zoo model the checkpoint lacks.
         unexpected: tensors of the checkpoint the zoo model lacks.
@@ -100,6 +101,7 @@ class ZooMatch:
     """
 
     name: str
+    names: float
     fit: float
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
@@ -132,8 +134,10 @@ def compare(
     """``shapes`` (a checkpoint's) against ``expected`` (zoo entry ``name``'s)."""
     same = sum(1 for k, v in shapes.items() if expected.get(k) == tuple(v))
     union = len(shapes.keys() | expected.keys())
+    both = len(shapes.keys() & expected.keys())
     return ZooMatch(
         name=name,
+        names=both / union if union else 1.0,
         fit=same / union if union else 1.0,
         missing=tuple(k for k in expected if k not in shapes),
         unexpected=tuple(k for k in shapes if k not in expected),
@@ -146,10 +150,14 @@ def compare(
 def match_zoo(
     shapes: Mapping[str, tuple[int, ...]], *, zoo: Mapping[str, Shapes] | None = None
 ) -> list[ZooMatch]:
-    """Every zoo entry compared with ``shapes``: exact fits first, then by decreasing fit."""
+    """Every zoo entry compared with ``shapes``: exact fits first, then by names and shapes in common.
+
+    A narrower variant of an entry has all of its names and none of its shapes; it still
+    ranks that entry first.
+    """
     zoo = zoo_shapes() if zoo is None else zoo
     matches = [compare(name, shapes, expected) for name, expected in zoo.items()]
-    return sorted(matches, key=lambda m: (not m.exact, -m.fit, m.name))
+    return sorted(matches, key=lambda m: (not m.exact, -(m.names + m.fit), m.name))
 
 
 @dataclass(frozen=True)
