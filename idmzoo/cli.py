@@ -226,9 +226,8 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from .artifacts import save
     from .checkpoint import load_checkpoint
-    from .zoo import zoo_spec
-
     from .errors import CheckpointError
+    from .zoo import zoo_spec
 
     spec = zoo_spec(args.model) if args.model else load_spec_or_zoo(args.spec)
     try:
