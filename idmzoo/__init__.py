@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "save": "idmzoo.artifacts",
     "load": "idmzoo.pretrained",
     "from_pretrained": "idmzoo.pretrained",
-    "identify": "idmzoo.identify",
+    "identify": "idmzoo.identification",
     "SPEC_VERSION": "idmzoo.migrations",
     "spec_from_flags": "idmzoo.reference",
     "spec_from_reference": "idmzoo.reference",
@@ -133,7 +133,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         UnknownBlockError,
         UnknownModelError,
     )
-    from .identify import identify
+    from .identification import identify
     from .layout import Site, UNetLayout
     from .migrations import SPEC_VERSION
     from .models.base import IdmzooModel

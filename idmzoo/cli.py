@@ -249,7 +249,7 @@ def _identify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from .identify import identify
+    from .identification import identify
 
     found = identify(args.checkpoint)
     print(f"{args.checkpoint}: {len(found.shapes)} tensors")
