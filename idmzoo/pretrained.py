@@ -93,7 +93,9 @@ def from_pretrained(
         )
     copy = path / SPEC_FILE
     if copy.is_file():
-        written, stored = load_spec(copy), load_spec(read_artifact(weights).spec)
+        artifact = read_artifact(weights)
+        check_requirements(artifact, check_versions=check_versions)  # a missing plugin: say what to install
+        written, stored = load_spec(copy), load_spec(artifact.spec)
         if written != stored:
             fields = [k for k in type(stored).model_fields if getattr(written, k) != getattr(stored, k)]
             raise ArtifactError(

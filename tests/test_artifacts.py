@@ -314,3 +314,15 @@ def test_save_unwraps_data_parallel(tmp_path):
     model = rms_model()
     loaded = idmzoo.load(idmzoo.save(torch.nn.DataParallel(model), tmp_path / "m.safetensors"))
     assert torch.equal(run(loaded), run(model))
+
+
+def test_from_pretrained_says_what_to_install_before_reading_the_spec_copy(saved, tmp_path):
+    folder = rms_model().save_pretrained(tmp_path / "m")
+    gone = rewritten(
+        saved,
+        tmp_path / "gone.safetensors",
+        **{"idmzoo.blocks": saved_metadata(saved, "idmzoo.blocks").replace(RMSNORM, "idmzoo-fake-gone")},
+    )
+    gone.replace(folder / "model.safetensors")
+    with pytest.raises(RequirementError, match='pip install "idmzoo-fake-gone"'):
+        idmzoo.from_pretrained(folder)
