@@ -38,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "ZooEntry": "idmzoo.zoo",
     "download_checkpoint": "idmzoo.zoo",
     "load_checkpoint": "idmzoo.checkpoint",
+    "save": "idmzoo.artifacts",
+    "load": "idmzoo.pretrained",
+    "from_pretrained": "idmzoo.pretrained",
+    "identify": "idmzoo.identification",
+    "SPEC_VERSION": "idmzoo.migrations",
     "spec_from_flags": "idmzoo.reference",
     "spec_from_reference": "idmzoo.reference",
     "to_diffusers": "idmzoo.diffusers_interop",
@@ -79,7 +84,11 @@ _EXPORTS: dict[str, str] = {
     "DownloadError": "idmzoo.errors",
     "ManualDownloadError": "idmzoo.errors",
     "DiffusersConversionError": "idmzoo.errors",
+    "SpecVersionError": "idmzoo.errors",
+    "ArtifactError": "idmzoo.errors",
+    "RequirementError": "idmzoo.errors",
     "IdmzooPluginWarning": "idmzoo.errors",
+    "IdmzooDeprecationWarning": "idmzoo.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -99,6 +108,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from .artifacts import save
     from .blocks.context import BlockContext
     from .blocks.layers import conv_nd, layer_nd, zero_module
     from .blocks.resblock import ResBlock, ResBlockParams
@@ -107,12 +117,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from .checkpoint import load_checkpoint
     from .diffusers_interop import from_diffusers, to_diffusers
     from .errors import (
+        ArtifactError,
         BlockBuildError,
         CheckpointError,
         DiffusersConversionError,
         DownloadError,
         DuplicateBlockError,
         FlagError,
+        IdmzooDeprecationWarning,
         IdmzooError,
         IdmzooPluginWarning,
         InputError,
@@ -120,12 +132,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         ManualDownloadError,
         PluginLoadError,
         ReferenceConversionError,
+        RequirementError,
         SiteCheckError,
+        SpecVersionError,
         UnknownBlockError,
         UnknownModelError,
     )
+    from .identification import identify
     from .layout import Site, UNetLayout
+    from .migrations import SPEC_VERSION
     from .models.base import IdmzooModel
+    from .pretrained import from_pretrained, load
     from .reference import spec_from_flags, spec_from_reference
     from .registry import (
         BLOCK_KINDS,

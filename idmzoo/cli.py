@@ -169,14 +169,30 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _spec_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC.json", help="the spec file")
+    parser.add_argument("spec", metavar="SPEC.json", help="the spec file, or a zoo model name")
+
+
+def load_spec_or_zoo(value: str) -> Any:
+    """The spec a command-line argument names: a spec file, JSON text, or a zoo model name."""
+    from .spec import load_spec
+    from .zoo import list_models, zoo_spec
+
+    if os.path.exists(value) or value.lstrip().startswith("{") or value.endswith(".json"):
+        return load_spec(value)
+    names = [entry.name for entry in list_models()]
+    if value in names:
+        return zoo_spec(value)
+    from .messages import did_you_mean
+
+    raise IdmzooError(
+        f"{value!r} is neither a spec file nor a zoo model.{did_you_mean(value, names)} "
+        "(`idmzoo list-models` lists the zoo)"
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-
     try:
-        load_spec(args.spec)
+        load_spec_or_zoo(args.spec)
     except ValidationError as err:
         print("\n".join(validation_lines(err)))
         return EXIT_INVALID
@@ -230,7 +246,7 @@ def _build(args: argparse.Namespace) -> int:
     from .summary import summarize
 
     start = time.perf_counter()
-    model = build(args.spec, device=args.device)
+    model = build(load_spec_or_zoo(args.spec), device=args.device)
     seconds = time.perf_counter() - start
     summary = summarize(model, image_size=args.image_size)
     if args.json:
@@ -238,6 +254,70 @@ def _build(args: argparse.Namespace) -> int:
     else:
         print(f"built {args.spec} on {args.device} in {seconds:.2f} s")
         print(summary)
+    return EXIT_OK
+
+
+# -- convert and identify -------------------------------------------------------------------
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT.pt", help="a reference-format checkpoint (a state dict)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", metavar="SPEC.json", help="the spec it fits (a file or a zoo model name)")
+    source.add_argument("--model", metavar="ZOO_NAME", help="the zoo model it fits (see list-models)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.safetensors", help="the file to write")
+    parser.add_argument("--key", help="the entry holding the state dict, when the checkpoint nests several")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .artifacts import save
+    from .checkpoint import load_checkpoint
+    from .errors import CheckpointError
+    from .zoo import zoo_spec
+
+    spec = zoo_spec(args.model) if args.model else load_spec_or_zoo(args.spec)
+    try:
+        model = load_checkpoint(spec, args.checkpoint, key=args.key)  # strict
+    except CheckpointError as err:  # the mismatch report is a list: keep its lines
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    path = save(model, args.output)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path}: {count:,} parameters; load it with idmzoo.load({str(path)!r})")
+    return EXIT_OK
+
+
+def _identify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="a .pt or .safetensors file")
+    parser.add_argument(
+        "--closest", type=int, default=3, metavar="N", help="closest entries shown (default 3)"
+    )
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from .identification import identify
+
+    found = identify(args.checkpoint)
+    print(f"{args.checkpoint}: {len(found.shapes)} tensors")
+    if found.exact:
+        print(f"fits exactly: {', '.join(found.exact)}")
+        print(f"convert it: idmzoo convert {args.checkpoint} --model {found.exact[0]} -o OUT.safetensors")
+        return EXIT_OK
+    print("no exact zoo match; closest:")
+    for match in found.matches[: args.closest]:
+        print(
+            f"  {match.name}: {match.names:.0%} of tensor names and {match.fit:.0%} of shapes in common; "
+            f"differs: {match.differences()}"
+        )
+    rebuilt = found.reconstruction
+    if rebuilt.spec is None:
+        print(f"no spec reconstructed: {rebuilt.reason}")
+        return EXIT_OK
+    print("spec reconstructed from the shapes (it loads this checkpoint strictly):")
+    print(rebuilt.spec.to_json())
+    print("not determined by the shapes:")
+    for item in rebuilt.undetermined:
+        print(f"  {item}")
     return EXIT_OK
 
 
@@ -283,6 +363,18 @@ COMMANDS: tuple[Command, ...] = (
         _validate,
     ),
     Command("build", "build a spec and print a per-stage summary", _build_arguments, _build),
+    Command(
+        "convert",
+        "turn a reference .pt checkpoint into a self-describing .safetensors file (idmzoo.load reads it)",
+        _convert_arguments,
+        _convert,
+    ),
+    Command(
+        "identify",
+        "which zoo models a checkpoint's tensor shapes fit, or the closest and a spec read off them",
+        _identify_arguments,
+        _identify,
+    ),
     Command(
         "schema",
         "print the JSON Schema of spec files, with every installed block's parameters",

@@ -23,7 +23,11 @@ __all__ = [
     "DownloadError",
     "ManualDownloadError",
     "DiffusersConversionError",
+    "SpecVersionError",
+    "ArtifactError",
+    "RequirementError",
     "IdmzooPluginWarning",
+    "IdmzooDeprecationWarning",
 ]
 
 
@@ -117,5 +121,28 @@ class DiffusersConversionError(IdmzooError, ValueError):
         self.field = field
 
 
+class SpecVersionError(IdmzooError):
+    """A saved spec whose ``spec_version`` this idmzoo cannot read (newer than it knows, or not a version).
+
+    Not a ``ValueError``, so pydantic lets it through a validator unchanged: it is about
+    the idmzoo installed, not about a field of the spec.
+    """
+
+
+class ArtifactError(IdmzooError, ValueError):
+    """A ``.safetensors`` file or pretrained folder that is not a readable idmzoo model."""
+
+
+class RequirementError(ArtifactError):
+    """A saved model needs a distribution that is missing, or installed in a version that may differ."""
+
+
 class IdmzooPluginWarning(UserWarning):
     """A plugin was skipped, replaced another distribution's block, or loaded slowly."""
+
+
+class IdmzooDeprecationWarning(FutureWarning):
+    """A deprecated name that still works (a renamed block's old name); the message gives the new one.
+
+    A ``FutureWarning``, so it is shown by default: spec files are written by users, not code.
+    """

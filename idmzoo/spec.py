@@ -30,6 +30,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from .errors import IdmzooError, SiteCheckError, UnknownBlockError
 from .files import read_text
 from .messages import shorten
+from .migrations import SPEC_VERSION, migrate_spec
 from .registry import REGISTRY, BlockParams, Place
 
 __all__ = [
@@ -120,6 +121,10 @@ def _block_validator(kind: str) -> Any:
             info = REGISTRY.get(kind, name)
         except UnknownBlockError as err:
             _raise(kind, [_error(("type",), str(err), name, "unknown_block")])
+        if (
+            name.rpartition(":")[2] != info.name
+        ):  # a deprecated alias (REGISTRY.get warned): store the new name
+            value = {**value, "type": info.name}
         return info.params.model_validate(dict(value))
 
     return validate
@@ -240,6 +245,12 @@ class Spec(BaseModel):
     upsample: BlockField("upsample") = _default("upsample", "nearest_conv")
     downsample: BlockField("downsample") = _default("downsample", "strided_conv")
     pool: BlockField("pool") | None = Field(None, description="The encoder family's output head.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """A saved spec of an older ``spec_version`` becomes a current one (see :mod:`idmzoo.migrations`)."""
+        return migrate_spec(data) if isinstance(data, Mapping) else data
 
     @field_validator("attention_resolutions")
     @classmethod
@@ -423,6 +434,16 @@ class Spec(BaseModel):
         """The :class:`~idmzoo.layout.UNetLayout` of this spec."""
         return self.family.layout(self)
 
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The spec as saved: every field written out, with ``spec_version`` first, so it keeps loading."""
+        return json.dumps({"spec_version": SPEC_VERSION, **self.model_dump(mode="json")}, indent=indent)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` (what :func:`load_spec` reads back); returns the path."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
 
 def _parse_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
@@ -447,33 +468,38 @@ def _depth(data: Any) -> int:
     return deepest
 
 
+def _parse_spec_json(text: str, source: str) -> Any:
+    """JSON data of spec text, parsed with the depth and integer-size limits; ``source`` names it."""
+    try:
+        data = json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as err:
+        raise IdmzooError(f"{source} is not valid JSON: {err}") from err
+    except _TooLong as err:
+        raise IdmzooError(
+            f"{source} holds an integer of {err.args[0]:,} digits; at most {MAX_INT_DIGITS} are read"
+        ) from None
+    except RecursionError:
+        raise IdmzooError(f"{source} is nested too deeply (at most {MAX_SPEC_DEPTH} levels)") from None
+    if _depth(data) > MAX_SPEC_DEPTH:
+        raise IdmzooError(f"{source} is nested more than {MAX_SPEC_DEPTH} levels deep")
+    return data
+
+
 def read_spec_file(path: str | os.PathLike[str]) -> Any:
     """The JSON data of a spec file, read with limits; every failure names the file and the cause.
 
     Regular UTF-8 files only, at most :data:`MAX_SPEC_BYTES` bytes, nested at most
     :data:`MAX_SPEC_DEPTH` deep, integers of at most :data:`MAX_INT_DIGITS` digits.
     """
-    name = str(Path(path))
     text = read_text(path, "spec file", max_bytes=MAX_SPEC_BYTES)
-    try:
-        data = json.loads(text, parse_int=_parse_int)
-    except json.JSONDecodeError as err:
-        raise IdmzooError(f"spec file {name!r} is not valid JSON: {err}") from err
-    except _TooLong as err:
-        raise IdmzooError(
-            f"spec file {name!r} holds an integer of {err.args[0]:,} digits; at most {MAX_INT_DIGITS} are read"
-        ) from None
-    except RecursionError:
-        raise IdmzooError(
-            f"spec file {name!r} is nested too deeply (at most {MAX_SPEC_DEPTH} levels)"
-        ) from None
-    if _depth(data) > MAX_SPEC_DEPTH:
-        raise IdmzooError(f"spec file {name!r} is nested more than {MAX_SPEC_DEPTH} levels deep")
-    return data
+    return _parse_spec_json(text, f"spec file {str(Path(path))!r}")
 
 
 def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
-    """A :class:`Spec` from a spec, a dict, or the path of a ``.json`` file.
+    """A :class:`Spec` from a spec, a dict, JSON text (a string starting with ``{``), or a ``.json`` path.
+
+    A saved spec of an older ``spec_version`` is migrated; a newer one raises
+    :class:`~idmzoo.errors.SpecVersionError`.
 
     Files are read with the limits of :func:`read_spec_file`.
 
@@ -485,6 +511,12 @@ def load_spec(spec: Spec | Mapping[str, Any] | str | os.PathLike[str]) -> Spec:
         return spec
     if isinstance(spec, Mapping):
         return Spec.model_validate(spec)
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        if len(spec) > MAX_SPEC_BYTES:
+            raise IdmzooError(f"spec text of {len(spec):,} characters is over the {MAX_SPEC_BYTES:,} limit")
+        return Spec.model_validate(_parse_spec_json(spec, "spec text"))
     if isinstance(spec, (str, os.PathLike)):
         return Spec.model_validate(read_spec_file(spec))
-    raise TypeError(f"spec must be a Spec, a dict or a path to a .json file, but got {type(spec).__name__}")
+    raise TypeError(
+        f"spec must be a Spec, a dict, JSON text or a path to a .json file, but got {type(spec).__name__}"
+    )

@@ -307,3 +307,9 @@ def test_no_module_imports_one_that_imports_it_back():
         if start != "idmzoo":  # the root re-exports everything (lazily); nothing imports it back
             visit(start, [start])
     assert [" -> ".join(c) for c in cycles] == []
+
+
+def test_no_public_name_is_also_a_submodule_of_the_root():
+    """Importing ``idmzoo.<name>`` sets that attribute of the package, hiding an export of the same name."""
+    submodules = {module_name(f).split(".")[1] for f in PACKAGE.rglob("*.py") if module_name(f) != "idmzoo"}
+    assert sorted(set(idmzoo.__all__) & submodules) == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -202,3 +205,14 @@ class IdmzooModel(nn.Module):
             kind = getattr(module, "idmzoo_kind", None)
             if kind is not None:
                 module.gradient_checkpointing = kind in kinds
+
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write ``model.safetensors``, ``spec.json`` and a ``README.md`` model card to ``directory``.
+
+        :func:`idmzoo.from_pretrained` loads it back; see :func:`idmzoo.save` for ``metadata``.
+        """
+        from ..artifacts import save_pretrained
+
+        return save_pretrained(self, directory, metadata=metadata)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, create_model
 
 from ..errors import (
     DuplicateBlockError,
+    IdmzooDeprecationWarning,
     IdmzooPluginWarning,
     InvalidBlockError,
     PluginLoadError,
@@ -136,6 +137,8 @@ class BlockInfo:
         package: the distribution that registered it.
         override: registered with ``override=True``: it replaces any other registration
             of the name, whichever distribution loads first.
+        aliases: former names that still resolve to this block, with an
+            :class:`~idmzoo.errors.IdmzooDeprecationWarning` naming the current one.
     """
 
     kind: str
@@ -145,6 +148,7 @@ class BlockInfo:
     description: str
     package: str
     override: bool = False
+    aliases: tuple[str, ...] = ()
     _legacy_hooks: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
@@ -290,9 +294,13 @@ class BlockRegistry:
         *,
         package: str | None = None,
         override: bool = False,
+        aliases: tuple[str, ...] = (),
     ) -> BlockInfo:
         """Register ``factory`` as block ``name`` of ``kind``; see :func:`register_block`."""
         self._check_registration(kind, name, factory, params, description)
+        aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        for alias in aliases:
+            self._check_name(kind, alias, "alias")
         package = package or self._loading_package or _distribution_of(factory)
         typed_params = create_model(
             f"{params.__name__}[{name}]",
@@ -304,8 +312,11 @@ class BlockRegistry:
         legacy = frozenset(
             hook for hook in ("check", "inner_norm_channels") if not _takes_place(getattr(params, hook))
         )
-        info = BlockInfo(kind, name, factory, typed_params, description.strip(), package, override, legacy)
+        info = BlockInfo(
+            kind, name, factory, typed_params, description.strip(), package, override, aliases, legacy
+        )
         with self._lock:
+            self._check_aliases(kind, name, aliases)
             existing = self._blocks[kind].get(name)
             if existing is not None and existing.override and not override:
                 warnings.warn(
@@ -335,14 +346,28 @@ class BlockRegistry:
                 self._journal.append((info, existing))
         return info
 
+    def _check_name(self, kind: str, name: Any, what: str = "name") -> None:
+        if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+            raise InvalidBlockError(
+                f"{kind} block {what} must be a non-empty string without ':' or surrounding "
+                f"spaces, but got {shorten(repr(name))}"
+            )
+
+    def _check_aliases(self, kind: str, name: str, aliases: tuple[str, ...]) -> None:
+        """An alias may name no other block, and no other block's alias."""
+        for alias in aliases:
+            owner = self._blocks[kind].get(alias) or self._by_alias(kind, alias)
+            if alias == name or (owner is not None and owner.name != name):
+                taken = "is the block's own name" if alias == name else f"is taken by {owner.qualified_name}"
+                raise DuplicateBlockError(f"{kind} block {name!r}: alias {alias!r} {taken}")
+
+    def _by_alias(self, kind: str, alias: str) -> BlockInfo | None:
+        return next((info for info in self._blocks[kind].values() if alias in info.aliases), None)
+
     def _check_registration(self, kind: str, name: str, factory: Any, params: Any, description: Any) -> None:
         if kind not in self._blocks:
             raise InvalidBlockError(f"kind must be one of {', '.join(self.kinds)}, but got {kind!r}")
-        if not isinstance(name, str) or not name or ":" in name or name != name.strip():
-            raise InvalidBlockError(
-                f"{kind} block name must be a non-empty string without ':' or surrounding "
-                f"spaces, but got {shorten(repr(name))}"
-            )
+        self._check_name(kind, name)
         if not callable(factory):
             raise InvalidBlockError(
                 f"{kind} block {name!r}: factory must be callable, but got {type(factory).__name__}"
@@ -394,6 +419,15 @@ class BlockRegistry:
         info = self._blocks[kind].get(plain)
         if info is not None and package in ("", info.package):
             return info
+        info = self._by_alias(kind, plain) if info is None else None
+        if info is not None and package in ("", info.package):
+            warnings.warn(
+                f"{kind} block {plain!r} is a deprecated name of {info.name!r} (from {info.package}); "
+                f"write {info.name!r} instead",
+                IdmzooDeprecationWarning,
+                stacklevel=_stacklevel(),
+            )
+            return info
         raise UnknownBlockError(self.unknown_name_message(kind, name))
 
     def unknown_name_message(self, kind: str, name: str) -> str:
@@ -443,6 +477,7 @@ def register_block(
     description: str,
     package: str | None = None,
     override: bool = False,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """Register a block, directly or as a class/function decorator.
 
@@ -461,6 +496,8 @@ def register_block(
             distribution that ships ``factory``'s module.
         override: replace the block of the same kind and name, whether it registers
             before or after this one (with a warning naming both distributions).
+        aliases: former names of a renamed block: specs naming one still resolve to this
+            block, with an :class:`~idmzoo.errors.IdmzooDeprecationWarning` giving ``name``.
 
     Returns:
         The :class:`BlockInfo` now registered under the name (an earlier override's, if
@@ -478,11 +515,15 @@ def register_block(
     if factory is None:
 
         def decorator(target: Callable[..., Any]) -> Callable[..., Any]:
-            registry.register(kind, name, target, params, description, package=package, override=override)
+            registry.register(
+                kind, name, target, params, description, package=package, override=override, aliases=aliases
+            )
             return target
 
         return decorator
-    return registry.register(kind, name, factory, params, description, package=package, override=override)
+    return registry.register(
+        kind, name, factory, params, description, package=package, override=override, aliases=aliases
+    )
 
 
 def get_block(kind: str, name: str) -> BlockInfo:
