@@ -28,6 +28,8 @@ __all__ = ["StageSummary", "ModelSummary", "summarize", "format_table"]
 Shape = tuple[int | str, ...]
 _AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 #: Stages in the order data flows through them; any other child of the model comes after.
+#: Kinds built inside other blocks, listed after them.
+_NESTED = ("norm", "activation")
 _STAGE_ORDER = ("time_embed", "label_emb", "input_blocks", "middle_block", "output_blocks", "out")
 
 
@@ -154,13 +156,18 @@ def _stage_shapes(model: nn.Module, spec: Spec, image_size: int | None) -> dict[
     return shapes
 
 
+def _block_name(module: nn.Module) -> str:
+    """The registered name of the block ``module`` is (set by the builder)."""
+    return getattr(module, "idmzoo_block", "?").rpartition(":")[2]
+
+
 def _blocks_in(module: nn.Module, spec: Spec) -> tuple[tuple[str, str, int], ...]:
     counts = Counter(
-        (kind, getattr(spec, kind).type)
-        for kind in (getattr(m, "idmzoo_kind", None) for m in module.modules())
-        if kind is not None
+        (m.idmzoo_kind, _block_name(m))
+        for m in module.modules()
+        if getattr(m, "idmzoo_kind", None) is not None
     )
-    order = sorted(counts, key=lambda key: (key[0] == "norm", BLOCK_KINDS.index(key[0]), key[1]))
+    order = sorted(counts, key=lambda key: (key[0] in _NESTED, BLOCK_KINDS.index(key[0]), key[1]))
     return tuple((kind, name, counts[kind, name]) for kind, name in order)
 
 

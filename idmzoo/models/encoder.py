@@ -20,7 +20,8 @@ class EncoderUNetModel(IdmzooModel):
 
     def __init__(self, spec: Spec, layout: UNetLayout) -> None:
         super().__init__(spec, layout)
-        head = self.maker.ctx.at(
+        head = self.maker.context(
+            layout.head,
             "head",
             out_channels=spec.out_channels,
             feature_channels=layout.feature_channels,

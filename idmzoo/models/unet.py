@@ -20,18 +20,6 @@ __all__ = ["UNetModel", "SuperResUNetModel"]
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def _label_embedding(num_classes: int, channels: int) -> nn.Embedding:
-    """``nn.Embedding``'s own N(0, 1) init, skipped on the meta device.
-
-    On meta, ``normal_`` goes through torch's Python reference kernels, whose first use
-    imports the compiler stack (seconds); there is nothing to initialise there anyway.
-    """
-    weight = torch.empty(num_classes, channels)
-    if not weight.is_meta:
-        nn.init.normal_(weight)
-    return nn.Embedding(num_classes, channels, _weight=weight)
-
-
 class UNetModel(IdmzooModel):
     """The diffusion U-Net: ``model(x, timesteps, y=None)`` → ``[N, out_channels, *spatial]``.
 
@@ -42,11 +30,14 @@ class UNetModel(IdmzooModel):
     def __init__(self, spec: Spec, layout: UNetLayout) -> None:
         super().__init__(spec, layout)
         if spec.num_classes is not None:
-            self.label_emb = _label_embedding(spec.num_classes, self.maker.ctx.emb_channels)
+            self.label_emb = self.maker.create(
+                "label_embed", spec.label_embed, spec.num_classes, self.maker.ctx
+            )
         self.output_blocks = nn.ModuleList(self.maker.group(g) for g in layout.output_blocks)
+        head = layout.head
         self.out = nn.Sequential(
-            self.maker.norm(layout.final_channels),
-            nn.SiLU(),
+            self.maker.norm(layout.final_channels, where=head),
+            self.maker.activation(where=head),
             zero_module(conv_nd(spec.dims, layout.stem_channels, spec.out_channels, 3, padding=1)),
         )
 
@@ -62,7 +53,9 @@ class UNetModel(IdmzooModel):
             if y is not None:
                 raise ValueError("y was given but the model is not class-conditional (num_classes is None)")
         else:
-            if y is None or y.shape != (x.shape[0],):
+            if (y is None and not getattr(self.label_emb, "optional_labels", False)) or (
+                y is not None and y.shape != (x.shape[0],)
+            ):
                 raise ValueError(f"a class-conditional model needs labels y of shape [{x.shape[0]}]")
             emb = emb + self.label_emb(y)
         h, skips = self.encode(x.type(self.torso_dtype), emb)
