@@ -426,8 +426,10 @@ class Spec(BaseModel):
             check(resolved, place)
             check(at("activation", site), replace(place, kind="activation"))
             norm = at("norm", site)
-            need_norm(norm, channels, place, inside=False)
-            need_norm(norm, out, place, inside=False)
+            for width in (
+                (channels,) if kind == "pool" else (channels, out)
+            ):  # a head's output is not normalized
+                need_norm(norm, width, place, inside=False)
             for width in _checked(kind, resolved.params, "inner_norm_channels", place):
                 need_norm(norm, width, place, inside=True)
 

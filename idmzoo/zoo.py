@@ -12,7 +12,7 @@ import fnmatch
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
@@ -124,8 +124,10 @@ def zoo_spec(name: str, **overrides: Any) -> Spec:
     """The spec of zoo entry ``name`` with some fields replaced.
 
     Overrides go through the spec's full validation, so a misspelt field or an impossible
-    value fails naming the field.  A block field is replaced whole, e.g.
-    ``norm={"type": "group_norm32", "num_groups": 16}``.
+    value fails naming the field.  A block object with ``type`` replaces the entry's block
+    whole (``norm={"type": "group_norm32", "num_groups": 16}``); one without ``type`` keeps
+    the entry's block and changes only those parameters (``attention={"num_heads": 8}``).
+    ``overrides=[...]`` entries come after the entry's own.
 
     Raises:
         UnknownModelError: ``name`` is not in the zoo.
@@ -134,7 +136,15 @@ def zoo_spec(name: str, **overrides: Any) -> Spec:
     spec = get_entry(name).spec()
     if not overrides:
         return spec
-    return Spec.model_validate({**spec.model_dump(), **overrides})
+    data = spec.model_dump()
+    for field, value in overrides.items():
+        if field == "overrides" and isinstance(value, (list, tuple)):
+            data[field] = [*data[field], *value]
+        elif isinstance(value, Mapping) and "type" not in value and isinstance(data.get(field), dict):
+            data[field] = {**data[field], **value}
+        else:
+            data[field] = value
+    return Spec.model_validate(data)
 
 
 def create(
