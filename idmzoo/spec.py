@@ -42,6 +42,14 @@ __all__ = ["Spec", "Override", "BlockField", "FamilyParams", "load_spec"]
 
 Loc = tuple[str | int, ...]
 _DEFAULT_LABEL_EMBED = "embedding"
+#: Fields added after the first spec files, with their dumped defaults: a dump leaves them out
+#: while they hold these.
+_QUIET_DEFAULTS: dict[str, Any] = {
+    "activation": {"type": "silu"},
+    "time_embed": {"type": "sinusoidal", "max_period": 10000.0},
+    "label_embed": {"type": _DEFAULT_LABEL_EMBED},
+    "overrides": [],
+}
 
 
 def _error(loc: Loc, message: str, value: Any, kind: str = "spec") -> InitErrorDetails:
@@ -273,6 +281,16 @@ class Spec(BaseModel):
         "and its blocks replace (or, without type, change the parameters of) the blocks there. "
         "Later entries win.",
     )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Leave out the newer fields while they hold their defaults, so a spec that does not
+        use them dumps exactly as before (the zoo's spec files, saved artifacts)."""
+        data = handler(self)
+        for name, default in _QUIET_DEFAULTS.items():
+            if name in data and (data[name] == default or (not default and not data[name])):
+                del data[name]
+        return data
 
     @field_validator("attention_resolutions")
     @classmethod

@@ -139,7 +139,7 @@ def zoo_spec(name: str, **overrides: Any) -> Spec:
     data = spec.model_dump()
     for field, value in overrides.items():
         if field == "overrides" and isinstance(value, (list, tuple)):
-            data[field] = [*data[field], *value]
+            data[field] = [*data.get(field, []), *value]
         elif isinstance(value, Mapping) and "type" not in value and isinstance(data.get(field), dict):
             data[field] = {**data[field], **value}
         else:
