@@ -106,19 +106,36 @@ _PARTIAL: dict[str, st.SearchStrategy[dict[str, Any]]] = {
 
 
 @st.composite
-def overrides(draw: st.DrawFn, levels: int) -> dict[str, Any]:
-    """One override entry: an ``at`` over levels, stages and paths, and one or two blocks."""
+def overrides(draw: st.DrawFn, levels: int, attention_levels: set[int]) -> dict[str, Any]:
+    """One override entry: an ``at`` over levels, stages and paths, and one or two blocks.
+
+    Mostly blocks that exist where ``at`` points (no upsampler on the encoder path, no
+    attention at a level without it); now and then any kind, which validation must reject.
+    """
     at: dict[str, Any] = {}
     while not at:
         if draw(st.booleans()):
             level = st.integers(0, levels if rarely(draw) else levels - 1)
-            at["level"] = draw(level | st.lists(level, min_size=1, max_size=2))
+            at["level"] = draw(level | st.lists(level, min_size=1, max_size=2, unique=True))
         if draw(st.booleans()):
             at["stage"] = draw(st.sampled_from(["input", "middle", "output", "head"]))
         if rarely(draw):
             at["path"] = draw(_PATHS)
+    chosen = at.get("level", list(range(levels)))
+    chosen = {chosen} if isinstance(chosen, int) else set(chosen)
+    stage = at.get("stage")
+    kinds = ["norm", "activation"]
+    if stage != "head":
+        kinds.append("resblock")
+        if stage == "middle" or chosen & attention_levels or (stage is None and levels - 1 in chosen):
+            kinds.append("attention")
+        if stage in (None, "output") and chosen - {0}:
+            kinds.append("upsample")
+        if stage in (None, "input") and chosen - {levels - 1}:
+            kinds.append("downsample")
+    if rarely(draw):
+        kinds = ["norm", "activation", "resblock", "attention", "upsample", "downsample"]
     entry: dict[str, Any] = {"at": at}
-    kinds = ["norm", "activation", "resblock", "attention", "upsample", "downsample"]
     for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=2, unique=True)):
         if kind in _PARTIAL and draw(st.booleans()):
             entry[kind] = draw(_PARTIAL[kind])
@@ -184,7 +201,8 @@ def cases(draw: st.DrawFn, family_name: str | None = None, dims: int | None = No
         if not rarely(draw):  # mostly set; sometimes left to the default
             spec[field] = draw(strategy)
     if draw(st.booleans()):
-        spec["overrides"] = draw(st.lists(overrides(levels), max_size=2))
+        attention_levels = {rates.index(rate) for rate in spec["attention_resolutions"]}
+        spec["overrides"] = draw(st.lists(overrides(levels, attention_levels), min_size=1, max_size=2))
     if rarely(draw):
         del spec["norm"]  # the default: 32 groups
     if encoder and not rarely(draw):
