@@ -444,9 +444,8 @@ class Spec(BaseModel):
             check(resolved, place)
             check(at("activation", site), replace(place, kind="activation"))
             norm = at("norm", site)
-            for width in (
-                (channels,) if kind == "pool" else (channels, out)
-            ):  # a head's output is not normalized
+            widths = (channels,) if kind == "pool" else (channels, out)  # a head's output is not normalized
+            for width in widths:
                 need_norm(norm, width, place, inside=False)
             for width in _checked(kind, resolved.params, "inner_norm_channels", place):
                 need_norm(norm, width, place, inside=True)
