@@ -4,6 +4,7 @@ activation, timestep and label embeddings chosen by name."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 
@@ -206,7 +207,7 @@ def test_bad_overrides_fail_at_validation_with_their_json_path(overrides, loc, m
         idmzoo.load_spec({**ISSUE, "overrides": overrides})
     errors = {tuple(e["loc"]): e["msg"] for e in caught.value.errors()}
     assert loc in errors, errors
-    assert pytest.importorskip("re").search(message, errors[loc]), errors[loc]
+    assert re.search(message, errors[loc]), errors[loc]
 
 
 def test_an_error_is_reported_at_whichever_field_chose_the_parameter():
