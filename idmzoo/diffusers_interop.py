@@ -179,6 +179,17 @@ def diffusers_config(spec: Any, *, sample_size: int | None = None) -> dict[str, 
         )
     if spec.pool is not None:
         raise _refuse("pool", "UNet2DModel has no pooling head")
+    if spec.overrides:
+        raise _refuse(
+            "overrides", "UNet2DModel has one block of each kind for every level; remove the overrides"
+        )
+    per_level = set(spec.res_blocks_per_level)
+    if len(per_level) > 1:
+        raise _refuse("num_res_blocks", "UNet2DModel has one layers_per_block for every level")
+    for kind, default in (("activation", "silu"), ("time_embed", "sinusoidal"), ("label_embed", "embedding")):
+        params = getattr(spec, kind)
+        if params.type.rpartition(":")[2] != default or params != type(params)(type=params.type):
+            raise _refuse(kind, f"the diffusers exporter maps only the default {kind}, {default!r}")
     if spec.channel_mult[0] != 1:
         raise _refuse(
             "channel_mult",
@@ -221,7 +232,7 @@ def diffusers_config(spec: Any, *, sample_size: int | None = None) -> dict[str, 
         "mid_block_type": "UNetMidBlock2D",
         "up_block_types": tuple(up_types),
         "block_out_channels": tuple(widths),
-        "layers_per_block": spec.num_res_blocks,
+        "layers_per_block": spec.res_blocks_per_level[0],
         "mid_block_scale_factor": 1,
         "downsample_padding": 1,
         "downsample_type": down,

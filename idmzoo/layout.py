@@ -25,12 +25,12 @@ class Site:
     """One block of the model.
 
     Attributes:
-        kind: a block kind (``resblock``, ``attention``, ``upsample``, ``downsample``) or
-            ``stem`` for the fixed input convolution.
+        kind: a block kind (``resblock``, ``attention``, ``upsample``, ``downsample``),
+            ``stem`` for the fixed input convolution, or ``head`` for the output head.
         path: the module path, e.g. ``input_blocks.4.1``.
         channels: input channels.
         out_channels: output channels.
-        stage: ``input``, ``middle`` or ``output``.
+        stage: ``input``, ``middle``, ``output`` or ``head``.
         ds: the downsampling rate at the block's input.
         level: the level whose resolution the block reads (0 is full resolution); the
             middle block belongs to the last level.
@@ -58,6 +58,9 @@ class UNetLayout:
         final_ds: downsampling rate at the bottleneck.
         feature_channels: summed channels of every encoder group and the bottleneck
             (the width the encoder's spatial heads pool).
+        head: the output head (``out``): the U-Net's norm, activation and convolution at
+            level 0, or the encoder's pool at the last level; overrides select it as
+            ``stage: "head"``.  Not one of :meth:`sites`.
     """
 
     input_blocks: tuple[tuple[Site, ...], ...]
@@ -67,6 +70,7 @@ class UNetLayout:
     final_channels: int
     final_ds: int
     feature_channels: int
+    head: Site | None = None
 
     def sites(self) -> Iterator[Site]:
         """Every site, in forward order."""
@@ -107,9 +111,10 @@ def unet_layout(spec: Spec, *, in_channels: int, decoder: bool = True) -> UNetLa
             for j, (kind, cin, cout) in enumerate(blocks)
         )
 
+    per_level = spec.res_blocks_per_level
     for level, mult in enumerate(spec.channel_mult):
         width = int(mult * mc)
-        for _ in range(spec.num_res_blocks):
+        for _ in range(per_level[level]):
             blocks = [("resblock", ch, width)] + ([("attention", width, width)] if ds in attention_at else [])
             input_blocks.append(group(f"input_blocks.{len(input_blocks)}", blocks, "input", level))
             ch = width
@@ -130,16 +135,20 @@ def unet_layout(spec: Spec, *, in_channels: int, decoder: bool = True) -> UNetLa
     if decoder:
         for level, mult in reversed(list(enumerate(spec.channel_mult))):
             width = int(mult * mc)
-            for i in range(spec.num_res_blocks + 1):
+            last_block = per_level[level]
+            for i in range(last_block + 1):
                 blocks = [("resblock", ch + skip_channels.pop(), width)]
                 ch = width
                 if ds in attention_at:
                     blocks.append(("attention", ch, ch))
-                if level and i == spec.num_res_blocks:
+                if level and i == last_block:
                     blocks.append(("upsample", ch, ch))
                 output_blocks.append(group(f"output_blocks.{len(output_blocks)}", blocks, "output", level))
-                if level and i == spec.num_res_blocks:
+                if level and i == last_block:
                     ds //= 2
+        head = Site("head", "out", ch, spec.out_channels, "head", 1, 0)
+    else:
+        head = Site("head", "out", ch, spec.out_channels, "head", ds, last_level)
     return UNetLayout(
         input_blocks=tuple(input_blocks),
         middle_block=middle,
@@ -148,4 +157,5 @@ def unet_layout(spec: Spec, *, in_channels: int, decoder: bool = True) -> UNetLa
         final_channels=ch,
         final_ds=final_ds,
         feature_channels=feature_channels,
+        head=head,
     )

@@ -126,8 +126,50 @@ def block_schema(kind: str, registry: BlockRegistry = REGISTRY) -> dict[str, Any
     return {**schema, "$defs": defs}
 
 
+def _partial(kind: str, name: str | None, defs: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a block object without ``type``: parameters of block ``name`` (any block if ``None``)."""
+    if name is not None:
+        for definition in defs.values():
+            if definition.get("title") == f"{kind} block {name}":
+                properties = {k: v for k, v in definition.get("properties", {}).items() if k != "type"}
+                return {
+                    "type": "object",
+                    "properties": properties,
+                    "additionalProperties": False,
+                    "description": f"Parameters of the default {kind} block {name!r}, without type: "
+                    "the others keep their defaults.",
+                }
+    return {
+        "type": "object",
+        "not": {"required": ["type"]},
+        "minProperties": 1,
+        "description": f"Parameters without type: the {kind} block chosen so far at each place keeps "
+        "its type and other parameters, and is validated with these at each place.",
+    }
+
+
+def _describe_overrides(schema: dict[str, Any], options: dict[str, list[dict[str, Any]]]) -> None:
+    """Fill in the override entry's block fields and ``at`` selector (pydantic can only say "any")."""
+    override = schema["$defs"].get("Override")
+    if override is not None:
+        for kind, field in override["properties"].items():
+            if kind in options:
+                partial = _partial(kind, None, schema["$defs"])
+                kept = {key: field[key] for key in ("default", "description") if key in field}
+                override["properties"][kind] = {"anyOf": [*options[kind], partial, {"type": "null"}], **kept}
+        override["minProperties"] = 2
+    at = schema["$defs"].get("At")
+    if at is not None:
+        level = at["properties"]["level"]
+        level["anyOf"] = [{"type": "integer", "minimum": 0}, *level["anyOf"]]
+        at["minProperties"] = 1
+
+
 def spec_schema(registry: BlockRegistry = REGISTRY) -> dict[str, Any]:
     """The JSON Schema of a spec file, including the parameters of every registered block.
+
+    Every block field, and every block of an ``overrides`` entry, is any registered
+    block of its kind, its name alone, or an object of parameters without ``type``.
 
     Args:
         registry: where the blocks are registered (the global registry, plugins included).
@@ -140,16 +182,20 @@ def spec_schema(registry: BlockRegistry = REGISTRY) -> dict[str, Any]:
     """
     schema = Spec.model_json_schema()
     defs: dict[str, Any] = {}
+    options_of: dict[str, list[dict[str, Any]]] = {}
     for kind in BLOCK_KINDS:
         field = schema["properties"].get(kind)
         if field is None:
             continue
         kind_schema = block_schema(kind, registry)
         defs.update(kind_schema.pop("$defs", {}))
-        options = kind_schema.get("anyOf", [kind_schema])
+        options = options_of[kind] = kind_schema.get("anyOf", [kind_schema])
+        default = field.get("default")
+        partial = [_partial(kind, default["type"], defs)] if isinstance(default, dict) else []
         if {"type": "null"} in field.get("anyOf", []):
-            options = [*options, {"type": "null"}]
+            partial.append({"type": "null"})
         kept = {key: field[key] for key in ("default", "description") if key in field}
-        schema["properties"][kind] = {"anyOf": options, **kept}
+        schema["properties"][kind] = {"anyOf": [*options, *partial], **kept}
     schema["$defs"] = {**{k: v for k, v in schema.get("$defs", {}).items() if k != "BlockParams"}, **defs}
+    _describe_overrides(schema, options_of)
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}

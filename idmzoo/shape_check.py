@@ -34,11 +34,13 @@ _DEPTH = 2  # 3-D inputs: the depth axis is never resampled, so any size will do
 
 
 def uses_plugin_blocks(spec: Spec) -> bool:
-    """Whether any block of ``spec`` (the family included) comes from outside idmzoo."""
+    """Whether any block of ``spec`` (the family and the overrides included) comes from outside idmzoo."""
+    chosen = [(kind, params) for kind in BLOCK_KINDS if (params := getattr(spec, kind)) is not None]
+    chosen += [(kind, block) for entry in spec.overrides for kind, block in entry.blocks.items()]
     return any(
         REGISTRY.get(kind, params.type).package != BUILTIN_PACKAGE
-        for kind in BLOCK_KINDS
-        if (params := getattr(spec, kind)) is not None
+        for kind, params in chosen
+        if hasattr(params, "type")  # a partial override keeps a block counted already
     )
 
 
@@ -46,8 +48,9 @@ def _describe(model: IdmzooModel, kind: str, path: str) -> str:
     """``resblock block 'name' (from package 'pkg') at input_blocks.1.0``."""
     if kind == "stem":
         return f"the stem convolution at {path}"
-    info = REGISTRY.get(kind, getattr(model.spec, kind).type)
-    return f"{kind} block {info.name!r} (from package {info.package!r}) at {path}"
+    module = model.get_submodule(path)
+    package, _, name = getattr(module, "idmzoo_block", ":?").rpartition(":")
+    return f"{kind} block {name!r} (from package {package!r}) at {path}"
 
 
 class _Geometry:

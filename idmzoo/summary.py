@@ -8,6 +8,7 @@ run here, is summarised instantly.  Without an image size the spatial axes stay 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
     from .layout import Site
     from .spec import Spec
 
-__all__ = ["StageSummary", "ModelSummary", "summarize", "format_table"]
+__all__ = ["StageSummary", "PlaceSummary", "ModelSummary", "summarize", "format_table"]
 
 Shape = tuple[int | str, ...]
 _AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 #: Stages in the order data flows through them; any other child of the model comes after.
+#: Kinds built inside other blocks, listed after them.
+_NESTED = ("norm", "activation")
 _STAGE_ORDER = ("time_embed", "label_emb", "input_blocks", "middle_block", "output_blocks", "out")
 
 
@@ -50,6 +53,24 @@ class StageSummary:
 
 
 @dataclass(frozen=True)
+class PlaceSummary:
+    """The blocks chosen at one stage and level (what ``overrides`` may change).
+
+    Attributes:
+        stage: ``input``, ``middle``, ``output`` or ``head``.
+        level: the level (0 is full resolution).
+        blocks: ``(kind, label, count)``: the label is the block's name, with the
+            parameters that differ from the spec's top-level block of that kind (an
+            override changed them), e.g. ``new_order_attention(num_head_channels=16)``.
+            Norms and activations are listed only where an override changed them.
+    """
+
+    stage: str
+    level: int
+    blocks: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     """What :func:`summarize` reports; ``str()`` of it is the table ``idmzoo build`` prints.
 
@@ -58,12 +79,14 @@ class ModelSummary:
         input_shape: the shape of the model's input ``x``.
         stages: one entry per top-level module, in the model's order.
         parameters: the total parameter count.
+        places: the blocks chosen at each stage and level, in forward order.
     """
 
     family: str
     input_shape: Shape
     stages: tuple[StageSummary, ...]
     parameters: int
+    places: tuple[PlaceSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""
@@ -80,6 +103,14 @@ class ModelSummary:
                 }
                 for stage in self.stages
             ],
+            "places": [
+                {
+                    "stage": place.stage,
+                    "level": place.level,
+                    "blocks": [{"kind": k, "name": n, "count": c} for k, n, c in place.blocks],
+                }
+                for place in self.places
+            ],
         }
 
     def __str__(self) -> str:
@@ -95,7 +126,18 @@ class ModelSummary:
         rows.append(["total", "", f"{self.parameters:,}", ""])
         header = f"family {self.family}, input {format_shape(self.input_shape)}"
         table = format_table(["stage", "output shape", "parameters", "blocks"], rows, right={2})
-        return f"{header}\n{table}"
+        places = [
+            [
+                place.stage,
+                str(place.level),
+                ", ".join(f"{label} x{count}" for _, label, count in place.blocks),
+            ]
+            for place in self.places
+        ]
+        if not places:
+            return f"{header}\n{table}"
+        by_place = format_table(["stage", "level", "blocks chosen"], places, right={1})
+        return f"{header}\n{table}\n\nblocks by stage and level\n{by_place}"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] = frozenset()) -> str:
@@ -154,14 +196,67 @@ def _stage_shapes(model: nn.Module, spec: Spec, image_size: int | None) -> dict[
     return shapes
 
 
+def _block_name(module: nn.Module) -> str:
+    """The registered name of the block ``module`` is (set by the builder)."""
+    return getattr(module, "idmzoo_block", "?").rpartition(":")[2]
+
+
 def _blocks_in(module: nn.Module, spec: Spec) -> tuple[tuple[str, str, int], ...]:
     counts = Counter(
-        (kind, getattr(spec, kind).type)
-        for kind in (getattr(m, "idmzoo_kind", None) for m in module.modules())
-        if kind is not None
+        (m.idmzoo_kind, _block_name(m))
+        for m in module.modules()
+        if getattr(m, "idmzoo_kind", None) is not None
     )
-    order = sorted(counts, key=lambda key: (key[0] == "norm", BLOCK_KINDS.index(key[0]), key[1]))
+    order = sorted(counts, key=lambda key: (key[0] in _NESTED, BLOCK_KINDS.index(key[0]), key[1]))
     return tuple((kind, name, counts[kind, name]) for kind, name in order)
+
+
+def _label(kind: str, params: Any, spec: Spec) -> str:
+    """``name``, or ``name(k=v, ...)`` with the parameters that differ from the top-level block."""
+    base = getattr(spec, kind)
+    name = params.type.rpartition(":")[2]
+    fields = [field for field in type(params).model_fields if field != "type"]
+    if params.type == base.type:
+        changed = {f: getattr(params, f) for f in fields if getattr(params, f) != getattr(base, f)}
+    else:
+        model_fields = type(params).model_fields
+        changed = {f: getattr(params, f) for f in fields if getattr(params, f) != model_fields[f].default}
+    if not changed:
+        return name
+    return f"{name}({', '.join(f'{k}={json.dumps(v)}' for k, v in changed.items())})"
+
+
+def _places(model: nn.Module, spec: Spec) -> tuple[PlaceSummary, ...]:
+    """The blocks at each (stage, level) of the layout, and the norms and activations inside them
+    where an override changed those."""
+    layout = model.layout
+    head = getattr(layout, "head", None)
+    sites = [site for site in layout.sites() if site.kind != "stem"] + ([head] if head is not None else [])
+    own: dict[tuple[str, int], Counter[tuple[str, str]]] = {}
+    nested: dict[tuple[str, int], Counter[tuple[str, str]]] = {}
+    for site in sites:
+        key = (site.stage, site.level)
+        found, inside = own.setdefault(key, Counter()), nested.setdefault(key, Counter())
+        if site.kind != "head":
+            found[site.kind, _label(site.kind, spec.block_at(site.kind, site), spec)] += 1
+        elif spec.pool is not None:
+            found["pool", _label("pool", spec.pool, spec)] += 1
+        for kind in _NESTED:
+            params = spec.block_at(kind, site)
+            if params != getattr(spec, kind):
+                built = model.get_submodule(site.path).modules()
+                count = sum(getattr(m, "idmzoo_kind", None) == kind for m in built)
+                if count:
+                    inside[kind, _label(kind, params, spec)] += count
+    return tuple(
+        PlaceSummary(
+            stage,
+            level,
+            tuple((k, label, n) for (k, label), n in (*found.items(), *nested[stage, level].items())),
+        )
+        for (stage, level), found in own.items()
+        if found or nested[stage, level]
+    )
 
 
 def _stage_position(named: tuple[str, nn.Module]) -> int:
@@ -217,4 +312,5 @@ def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummar
         input_shape=("N", spec.in_channels) + _spatial(spec, image_size, 1),
         stages=stages,
         parameters=sum(p.numel() for p in model.parameters()),
+        places=_places(model, spec),
     )

@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -174,9 +174,23 @@ class ZooEntry:
         )
 
 
-def _overridden(spec: Spec, overrides: dict[str, Any]) -> Spec:
-    """``spec`` with some fields replaced, through the spec's full validation."""
-    return Spec.model_validate({**spec.model_dump(), **overrides}) if overrides else spec
+def _overridden(spec: Spec, overrides: Mapping[str, Any]) -> Spec:
+    """``spec`` with some fields replaced, through the spec's full validation.
+
+    A block given without ``type`` changes only the given parameters of the block there;
+    ``overrides=`` entries are appended after the spec's own.
+    """
+    if not overrides:
+        return spec
+    data = spec.model_dump()
+    for name, value in overrides.items():
+        if name == "overrides" and isinstance(value, (list, tuple)):
+            data[name] = [*data.get(name, []), *value]
+        elif isinstance(value, Mapping) and "type" not in value and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    return Spec.model_validate(data)
 
 
 def _entry(record: dict[str, Any]) -> ZooEntry:
@@ -254,8 +268,10 @@ def zoo_spec(name: str, **overrides: Any) -> Spec:
     """The spec of zoo entry ``name`` with some fields replaced.
 
     Overrides go through the spec's full validation, so a misspelt field or an impossible
-    value fails naming the field.  A block field is replaced whole, e.g.
-    ``norm={"type": "group_norm32", "num_groups": 16}``.
+    value fails naming the field.  A block object with ``type`` replaces the entry's block
+    whole (``norm={"type": "group_norm32", "num_groups": 16}``); one without ``type`` keeps
+    the entry's block and changes only those parameters (``attention={"num_heads": 8}``).
+    ``overrides=[...]`` entries come after the entry's own.
 
     Raises:
         UnknownModelError: ``name`` is not in the zoo.

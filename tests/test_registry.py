@@ -224,7 +224,8 @@ def test_unknown_name_mentions_plugins_that_failed_to_load():
 )
 def test_unknown_kind_is_named_with_the_valid_ones(call):
     with pytest.raises(
-        UnknownBlockError, match=r"unknown block kind 'norms'; valid kinds: family, norm, resblock"
+        UnknownBlockError,
+        match=r"unknown block kind 'norms'; valid kinds: family, norm, activation, resblock",
     ):
         call(BlockRegistry(discover=False))
 

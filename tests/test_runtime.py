@@ -197,7 +197,9 @@ def forward_counts(model: torch.nn.Module, args: dict[str, torch.Tensor]) -> Cou
     handles = [
         module.register_forward_pre_hook(lambda *_, kind=module.idmzoo_kind: counts.update([kind]))
         for module in model.modules()
-        if hasattr(module, "idmzoo_kind") and module.idmzoo_kind != "norm"
+        # nested (norm, activation) and model-wide (embeddings) blocks are never checkpointed alone
+        if getattr(module, "idmzoo_kind", None)
+        not in (None, "norm", "activation", "time_embed", "label_embed")
     ]
     gradients(model, args)
     for handle in handles:

@@ -48,10 +48,15 @@ def test_each_block_field_is_a_discriminated_union_of_every_registered_block(kin
         {"norm": {"type": "group_norm33"}},
         {"norm": {"type": "group_norm32", "num_groups": 0}},
         {"norm": {"type": "group_norm32", "groups": 8}},
-        {"norm": {"num_groups": 8}},
+        {"norm": {"groups": 8}},
         {"norm": {"type": "rms_norm", "eps": -1.0}},
         {"upsample": {"type": "conv_transpose", "init": "nearest"}},
         {"upsample": "bilinear"},
+        {"overrides": [{"at": {}, "attention": {"num_heads": 2}}]},
+        {"overrides": [{"at": {"level": 1}}]},
+        {"overrides": [{"at": {"stage": "bottom"}, "norm": "group_norm32"}]},
+        {"overrides": [{"at": {"level": 1}, "pool": "adaptive"}]},
+        {"overrides": [{"at": {"level": 1}, "attention": {"type": "legacy_attention", "num_head": 2}}]},
     ],
     ids=str,
 )
@@ -69,6 +74,8 @@ def test_schema_rejects_what_the_validator_rejects(validator, change):
         {"norm": {"type": "idmzoo-rmsnorm:rms_norm", "num_groups": 2}},
         {"upsample": {"type": "conv_transpose", "init": "bilinear"}},
         {"attention": {"type": "new_order_attention", "num_head_channels": 16}},
+        {"norm": {"num_groups": 8}},  # no type: the default block, group_norm32, with these parameters
+        {"num_res_blocks": [1, 2, 3], "overrides": [{"at": {"level": 1}, "attention": {"num_heads": 4}}]},
     ],
     ids=str,
 )

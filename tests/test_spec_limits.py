@@ -66,7 +66,7 @@ def no_layout(monkeypatch):
         ({"model_channels": 10**9}, ("model_channels",), "less than or equal to 65536"),
         ({"image_size": 2**30}, ("image_size",), "less than or equal to 65536"),
         ({"num_classes": 10**12}, ("num_classes",), "less than or equal to 1000000"),
-        ({"num_res_blocks": 10**6}, ("num_res_blocks",), "less than or equal to 1000"),
+        ({"num_res_blocks": 10**6}, ("num_res_blocks",), "from 1 to 1000"),
         (
             {"num_res_blocks": 1000, "channel_mult": [1, 1, 1, 1, 1]},
             ("num_res_blocks",),

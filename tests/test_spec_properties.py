@@ -56,6 +56,18 @@ BUILTIN_BLOCKS: dict[str, dict[str, st.SearchStrategy[dict[str, Any]]]] = {
     },
     "upsample": {name: st.just({}) for name in ("nearest_conv", "nearest", "resblock_up")},
     "downsample": {name: st.just({}) for name in ("strided_conv", "avg_pool", "resblock_down")},
+    "activation": {
+        "silu": st.just({}),
+        "gelu": st.fixed_dictionaries({}, optional={"approximate": st.sampled_from(["none", "tanh"])}),
+    },
+    "time_embed": {
+        "sinusoidal": st.fixed_dictionaries({}, optional={"max_period": st.sampled_from([10000.0, 100.0])}),
+        "fourier": st.fixed_dictionaries({}, optional={"scale": st.sampled_from([1.0, 16.0])}),
+    },
+    "label_embed": {
+        "embedding": st.just({}),
+        "cfg_embedding": st.fixed_dictionaries({}, optional={"drop_rate": st.sampled_from([0.0, 0.5])}),
+    },
     "pool": {
         "adaptive": st.just({}),
         "attention": st.fixed_dictionaries({"num_head_channels": _HEAD_CHANNELS}),
@@ -79,6 +91,59 @@ def blocks(draw: st.DrawFn, kind: str, names: list[str] | None = None) -> dict[s
     if not params and draw(st.booleans()):
         return qualified
     return {"type": qualified, **params}
+
+
+#: Module path patterns an override may select by (some match nothing in a small model).
+_PATHS = st.sampled_from(
+    ["input_blocks.1*", "output_blocks.*", "middle_block", "output_blocks.2", "*.1", "out"]
+)
+#: What an override may set for a kind without naming a block: a partial parameter object.
+_PARTIAL: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "norm": st.fixed_dictionaries({"num_groups": st.sampled_from([1, 2, 4])}),
+    "resblock": st.fixed_dictionaries({"use_scale_shift_norm": st.booleans()}),
+    "attention": _ATTENTION_PARAMS.filter(bool),
+}
+
+
+@st.composite
+def overrides(draw: st.DrawFn, levels: int, attention_levels: set[int]) -> dict[str, Any]:
+    """One override entry: an ``at`` over levels, stages and paths, and one or two blocks.
+
+    Mostly blocks that exist where ``at`` points (no upsampler on the encoder path, no
+    attention at a level without it); now and then any kind, which validation must reject.
+    """
+    at: dict[str, Any] = {}
+    while not at:
+        if draw(st.booleans()):
+            level = st.integers(0, levels if rarely(draw) else levels - 1)
+            at["level"] = draw(level | st.lists(level, min_size=1, max_size=2, unique=True))
+        if draw(st.booleans()):
+            at["stage"] = draw(st.sampled_from(["input", "middle", "output", "head"]))
+        if rarely(draw):
+            at["path"] = draw(_PATHS)
+    chosen = at.get("level", list(range(levels)))
+    chosen = {chosen} if isinstance(chosen, int) else set(chosen)
+    stage = at.get("stage")
+    kinds = ["norm", "activation"]
+    if stage != "head":
+        kinds.append("resblock")
+        if stage == "middle" or chosen & attention_levels or (stage is None and levels - 1 in chosen):
+            kinds.append("attention")
+        if stage in (None, "output") and chosen - {0}:
+            kinds.append("upsample")
+        if stage in (None, "input") and chosen - {levels - 1}:
+            kinds.append("downsample")
+    if rarely(draw):
+        kinds = ["norm", "activation", "resblock", "attention", "upsample", "downsample"]
+    entry: dict[str, Any] = {"at": at}
+    for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=2, unique=True)):
+        if kind in _PARTIAL and draw(st.booleans()):
+            entry[kind] = draw(_PARTIAL[kind])
+        elif kind == "norm":
+            entry[kind] = {"type": "group_norm32", "num_groups": draw(st.sampled_from([1, 2, 4]))}
+        else:
+            entry[kind] = draw(blocks(kind))
+    return entry
 
 
 @dataclass(frozen=True)
@@ -107,7 +172,9 @@ def cases(draw: st.DrawFn, family_name: str | None = None, dims: int | None = No
         "in_channels": draw(st.integers(1, 3)),
         "model_channels": draw(st.sampled_from([4, 8, 12, 16, 6])),
         "out_channels": draw(st.integers(1, 4)),
-        "num_res_blocks": draw(st.integers(1, 2)),
+        "num_res_blocks": draw(
+            st.integers(1, 2) | st.lists(st.integers(1, 2), min_size=levels, max_size=levels + rarely(draw))
+        ),
         "channel_mult": draw(
             st.lists(st.sampled_from([1, 2, 3, 0.5, 1.5]), min_size=levels, max_size=levels)
         ),
@@ -127,14 +194,21 @@ def cases(draw: st.DrawFn, family_name: str | None = None, dims: int | None = No
         "attention": blocks("attention"),
         "upsample": blocks("upsample"),
         "downsample": blocks("downsample"),
+        "activation": blocks("activation"),
+        "time_embed": blocks("time_embed"),
     }
     for field, strategy in optional.items():
         if not rarely(draw):  # mostly set; sometimes left to the default
             spec[field] = draw(strategy)
+    if draw(st.booleans()):
+        attention_levels = {rates.index(rate) for rate in spec["attention_resolutions"]}
+        spec["overrides"] = draw(st.lists(overrides(levels, attention_levels), min_size=1, max_size=2))
     if rarely(draw):
         del spec["norm"]  # the default: 32 groups
     if encoder and not rarely(draw):
         spec.pop("num_classes", None)
+    if spec.get("num_classes") or rarely(draw):  # a label embedding needs classes
+        spec["label_embed"] = draw(blocks("label_embed"))
     if encoder != rarely(draw):  # a pool for encoders, rarely for the others
         spec["pool"] = draw(blocks("pool"))
     return Case(spec, bottleneck_side=draw(st.sampled_from([1, 2, 3])), depth=draw(st.integers(1, 2)))
@@ -208,6 +282,8 @@ def test_every_spec_is_built_or_rejected_with_a_field(family: str, dims: int, da
         assert_names_spec_fields(err)
         return
     event(f"accepted: {spec.family.type.rpartition(':')[2]} dims={spec.dims}")
+    if spec.overrides:
+        event("accepted with overrides")
     run_accepted(spec, case)
 
 
@@ -272,6 +348,25 @@ CORRUPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "upsample": _BAD_BLOCK | st.just({"type": "nearest", "scale": 2}),
     "downsample": _BAD_BLOCK | st.sampled_from(["resblock_up", {"type": "avg_pool", "kernel": 3}]),
     "pool": _BAD_BLOCK | st.just({"type": "spatial", "hidden_channels": 0}),
+    "activation": _BAD_BLOCK | st.just({"type": "gelu", "approximate": "fast"}),
+    "time_embed": _BAD_BLOCK | st.just({"type": "fourier", "scale": 0}),
+    "label_embed": _BAD_BLOCK | st.just({"type": "cfg_embedding", "drop_rate": 1.5}),
+    # errors of the entries themselves (a wrong level or a partial the block rejects depend on
+    # the rest of the spec, and are drawn by cases())
+    "overrides": st.sampled_from(
+        [
+            "everywhere",
+            [{"at": {}, "norm": "group_norm32"}],
+            [{"norm": "group_norm32"}],
+            [{"at": {"level": -1}, "norm": "group_norm32"}],
+            [{"at": {"stage": "bottom"}, "norm": "group_norm32"}],
+            [{"at": {"level": 0}, "pool": "adaptive"}],
+            [{"at": {"level": 0}}],
+            [{"at": {"level": 0}, "norm": {}}],
+            [{"at": {"level": 0}, "norm": {"type": "no_such_norm"}}],
+            [{"at": {"level": 0}, "attention": {"type": "legacy_attention", "num_heads": 0}}],
+        ]
+    ),
 }
 
 

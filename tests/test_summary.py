@@ -93,7 +93,7 @@ def test_blocks_used_are_counted_per_stage():
     assert stages["output_blocks"][("upsample", "conv_transpose")] == upsample_sites
     group_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
     assert sum(blocks.get(("norm", "group_norm32"), 0) for blocks in stages.values()) == group_norms
-    assert stages["time_embed"] == {}
+    assert stages["time_embed"] == {("time_embed", "sinusoidal"): 1, ("activation", "silu"): 1}
 
 
 def test_image_size_must_reach_the_bottleneck_evenly():

@@ -24,6 +24,10 @@ class BlockContext:
         make_norm: builds the spec's norm block for a channel count.
         make_resblock: builds the spec's residual block as
             ``make_resblock(channels, out_channels, resample=None | "up" | "down")``.
+        make_activation: builds the spec's activation, ``make_activation()``.
+
+    ``make_norm``, ``make_resblock`` and ``make_activation`` build the blocks chosen for the
+    place the factory is building at (the spec's ``overrides`` may choose them by place).
         out_channels: for the encoder's ``pool`` head: the model's output width.
         feature_channels: for the ``pool`` head: the summed channels of every encoder
             block and the bottleneck (what the spatial heads pool).
@@ -37,6 +41,7 @@ class BlockContext:
     stage: Stage
     make_norm: Callable[[int], nn.Module]
     make_resblock: Callable[..., nn.Module]
+    make_activation: Callable[[], nn.Module] = nn.SiLU
     out_channels: int = 0
     feature_channels: int = 0
     spatial_size: int = 0

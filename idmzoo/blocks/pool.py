@@ -36,14 +36,16 @@ def _spatial_means(features: list[torch.Tensor], dtype: torch.dtype) -> torch.Te
     return torch.cat([f.type(dtype).mean(dim=tuple(range(2, f.dim()))) for f in features], dim=-1)
 
 
-@register_block("pool", "adaptive", description="Norm, SiLU, global average pool, zero-initialised 1x1 conv.")
+@register_block(
+    "pool", "adaptive", description="Norm, activation (SiLU), global average pool, zero-initialised 1x1 conv."
+)
 class AdaptivePoolHead(nn.Sequential):
-    """norm → SiLU → global average pool → zero-initialised 1x1 conv → flatten."""
+    """norm → activation → global average pool → zero-initialised 1x1 conv → flatten."""
 
     def __init__(self, channels: int, ctx: BlockContext) -> None:
         super().__init__(
             ctx.make_norm(channels),
-            nn.SiLU(),
+            ctx.make_activation(),
             layer_nd("AdaptiveAvgPool", ctx.dims)(1),
             zero_module(conv_nd(ctx.dims, channels, ctx.out_channels, 1)),
             nn.Flatten(),
@@ -105,15 +107,15 @@ class AttentionPool(nn.Module):
     "pool",
     "attention",
     params=AttentionPoolParams,
-    description="Norm, SiLU, CLIP-style attention pooling with learned positions.",
+    description="Norm, activation (SiLU), CLIP-style attention pooling with learned positions.",
 )
 class AttentionPoolHead(nn.Sequential):
-    """norm → SiLU → :class:`AttentionPool`; needs the spec's ``image_size``."""
+    """norm → activation → :class:`AttentionPool`; needs the spec's ``image_size``."""
 
     def __init__(self, channels: int, ctx: BlockContext, *, num_head_channels: int) -> None:
         super().__init__(
             ctx.make_norm(channels),
-            nn.SiLU(),
+            ctx.make_activation(),
             AttentionPool(ctx.spatial_size**ctx.dims, channels, num_head_channels, ctx.out_channels),
         )
 
@@ -160,13 +162,13 @@ def spatial_pool_head(channels: int, ctx: BlockContext, *, hidden_channels: int)
     "pool",
     "spatial_v2",
     params=SpatialV2PoolParams,
-    description="Spatial means of every encoder block, then an MLP with norm and SiLU.",
+    description="Spatial means of every encoder block, then an MLP with norm and activation (SiLU).",
 )
 def spatial_v2_pool_head(channels: int, ctx: BlockContext, *, hidden_channels: int) -> SpatialPoolHead:
-    """guided-diffusion's ``spatial_v2`` head: linear → norm → SiLU → linear."""
+    """guided-diffusion's ``spatial_v2`` head: linear → norm → activation → linear."""
     return SpatialPoolHead(
         nn.Linear(ctx.feature_channels, hidden_channels),
         ctx.make_norm(hidden_channels),
-        nn.SiLU(),
+        ctx.make_activation(),
         nn.Linear(hidden_channels, ctx.out_channels),
     )

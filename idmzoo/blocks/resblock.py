@@ -39,7 +39,7 @@ class ResBlockParams(BlockParams):
     description="Residual block with additive or scale-shift (FiLM) timestep conditioning.",
 )
 class ResBlock(TimestepBlock):
-    """norm → SiLU → conv, add (or FiLM-apply) the embedding, norm → SiLU → dropout → conv.
+    """norm → act → conv, add (or FiLM-apply) the embedding, norm → act → dropout → conv.
 
     The last conv starts at zero, so every residual branch begins as the identity.  With
     ``resample`` the block also halves or doubles the resolution (guided-diffusion's
@@ -48,7 +48,7 @@ class ResBlock(TimestepBlock):
     Args:
         channels: input channels.
         out_channels: output channels.
-        ctx: dims, embedding width, dropout and the norm to use.
+        ctx: dims, embedding width, dropout and the norm and activation to use (SiLU by default).
         resample: ``"up"``, ``"down"`` or ``None``.
         use_scale_shift_norm: see :class:`ResBlockParams`.
         skip_conv: see :class:`ResBlockParams`.
@@ -68,7 +68,9 @@ class ResBlock(TimestepBlock):
         self.use_scale_shift_norm = use_scale_shift_norm
         dims = ctx.dims
         self.in_layers = nn.Sequential(
-            ctx.make_norm(channels), nn.SiLU(), conv_nd(dims, channels, out_channels, 3, padding=1)
+            ctx.make_norm(channels),
+            ctx.make_activation(),
+            conv_nd(dims, channels, out_channels, 3, padding=1),
         )
         self.updown = resample is not None
         if resample == "up":
@@ -78,12 +80,12 @@ class ResBlock(TimestepBlock):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(),
+            ctx.make_activation(),
             nn.Linear(ctx.emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels),
         )
         self.out_layers = nn.Sequential(
             ctx.make_norm(out_channels),
-            nn.SiLU(),
+            ctx.make_activation(),
             ThresholdDropout(p=ctx.dropout),
             zero_module(conv_nd(dims, out_channels, out_channels, 3, padding=1)),
         )

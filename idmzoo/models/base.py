@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +13,10 @@ import torch.nn as nn
 
 from ..blocks.context import BlockContext
 from ..blocks.layers import conv_nd
-from ..blocks.timestep import TimestepEmbedSequential, timestep_embedding
+from ..blocks.timestep import TimestepEmbedSequential
 from ..errors import BlockBuildError, IdmzooError, InputError
 from ..layout import Site
-from ..registry import REGISTRY, BlockParams
+from ..registry import REGISTRY, BlockParams, Stage
 from ..runtime import Checkpointing
 
 if TYPE_CHECKING:
@@ -33,19 +34,29 @@ _CHECKPOINTED_KINDS: dict[str, frozenset[str]] = {
 class BlockMaker:
     """Builds the spec's registered blocks at the places a layout names.
 
-    Every module it returns carries ``idmzoo_kind`` (its block kind), which is how
-    checkpointing finds blocks of a kind, whoever wrote them.
+    The block of each kind at a place is :meth:`Spec.block_at` of that place, so the
+    norms, activations and residual blocks a block builds through its context are the
+    ones chosen for the block's own place.  Every module it returns carries
+    ``idmzoo_kind`` (its block kind, which is how checkpointing finds blocks of a kind,
+    whoever wrote them) and ``idmzoo_block`` (the registered block it is, ``package:name``).
     """
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.ctx = BlockContext(
-            dims=spec.dims,
-            emb_channels=4 * spec.model_channels,
-            dropout=spec.dropout,
-            stage="input",
-            make_norm=self.norm,
-            make_resblock=self.resblock,
+        #: The model-wide context (no place): the top-level blocks.
+        self.ctx = self.context(None, "input")
+
+    def context(self, where: Any, stage: Stage, **facts: int) -> BlockContext:
+        """The context of a factory building at ``where`` (a :class:`Site`, or ``None``)."""
+        return BlockContext(
+            dims=self.spec.dims,
+            emb_channels=4 * self.spec.model_channels,
+            dropout=self.spec.dropout,
+            stage=stage,
+            make_norm=partial(self.norm, where=where),
+            make_resblock=partial(self.resblock, where=where),
+            make_activation=partial(self.activation, where=where),
+            **facts,
         )
 
     def create(self, kind: str, params: BlockParams, *args: Any, **kwargs: Any) -> nn.Module:
@@ -66,25 +77,34 @@ class BlockMaker:
                 f"{type(module).__name__}, not a torch.nn.Module"
             )
         module.idmzoo_kind = kind
+        module.idmzoo_block = info.qualified_name
         return module
 
-    def norm(self, channels: int) -> nn.Module:
-        """The spec's norm for ``channels`` channels."""
-        return self.create("norm", self.spec.norm, channels)
+    def norm(self, channels: int, where: Any = None) -> nn.Module:
+        """The norm chosen at ``where`` for ``channels`` channels."""
+        return self.create("norm", self.spec.block_at("norm", where), channels)
 
-    def resblock(self, channels: int, out_channels: int, resample: str | None = None) -> nn.Module:
-        """The spec's residual block; ``resample`` is passed only when it is set."""
+    def activation(self, where: Any = None) -> nn.Module:
+        """The activation chosen at ``where``."""
+        return self.create("activation", self.spec.block_at("activation", where))
+
+    def resblock(
+        self, channels: int, out_channels: int, resample: str | None = None, where: Any = None
+    ) -> nn.Module:
+        """The residual block chosen at ``where``; ``resample`` is passed only when it is set."""
         extra = {"resample": resample} if resample else {}
-        return self.create("resblock", self.spec.resblock, channels, out_channels, self.ctx, **extra)
+        ctx = self.context(where, where.stage if where is not None else "input")
+        params = self.spec.block_at("resblock", where)
+        return self.create("resblock", params, channels, out_channels, ctx, **extra)
 
     def site(self, site: Site) -> nn.Module:
         """The module at ``site``."""
         if site.kind == "stem":
             return conv_nd(self.spec.dims, site.channels, site.out_channels, 3, padding=1)
         if site.kind == "resblock":
-            return self.resblock(site.channels, site.out_channels)
-        params = getattr(self.spec, site.kind)
-        return self.create(site.kind, params, site.channels, self.ctx.at(site.stage))
+            return self.resblock(site.channels, site.out_channels, where=site)
+        params = self.spec.block_at(site.kind, site)
+        return self.create(site.kind, params, site.channels, self.context(site, site.stage))
 
     def group(self, sites: tuple[Site, ...]) -> TimestepEmbedSequential:
         """One ``TimestepEmbedSequential`` of the modules at ``sites``."""
@@ -108,9 +128,8 @@ class IdmzooModel(nn.Module):
         self.spec = spec
         self.layout = layout = spec.layout()
         self.maker = BlockMaker(spec)
-        emb_channels = self.maker.ctx.emb_channels
-        self.time_embed = nn.Sequential(
-            nn.Linear(spec.model_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
+        self.time_embed = self.maker.create(
+            "time_embed", spec.time_embed, spec.model_channels, self.maker.ctx
         )
         self.input_blocks = nn.ModuleList(self.maker.group(g) for g in layout.input_blocks)
         self.middle_block = self.maker.group(layout.middle_block)
@@ -160,8 +179,7 @@ class IdmzooModel(nn.Module):
 
     def embed(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The timestep embedding ``[N, 4 * model_channels]``."""
-        frequencies = timestep_embedding(timesteps, self.spec.model_channels)
-        return self.time_embed(frequencies.to(self.time_embed[0].weight.dtype))
+        return self.time_embed(timesteps)
 
     def encode(self, h: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the encoder path and the bottleneck on torso-dtype ``h``.

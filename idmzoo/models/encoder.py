@@ -22,7 +22,8 @@ class EncoderUNetModel(IdmzooModel):
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         layout = self.layout
-        head = self.maker.ctx.at(
+        head = self.maker.context(
+            layout.head,
             "head",
             out_channels=spec.out_channels,
             feature_channels=layout.feature_channels,

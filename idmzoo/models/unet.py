@@ -20,18 +20,6 @@ __all__ = ["UNetModel", "SuperResUNetModel"]
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def _label_embedding(num_classes: int, channels: int) -> nn.Embedding:
-    """``nn.Embedding``'s own N(0, 1) init, skipped on the meta device.
-
-    On meta, ``normal_`` goes through torch's Python reference kernels, whose first use
-    imports the compiler stack (seconds); there is nothing to initialise there anyway.
-    """
-    weight = torch.empty(num_classes, channels)
-    if not weight.is_meta:
-        nn.init.normal_(weight)
-    return nn.Embedding(num_classes, channels, _weight=weight)
-
-
 class UNetModel(IdmzooModel):
     """The diffusion U-Net: ``model(x, timesteps, y=None)`` → ``[N, out_channels, *spatial]``.
 
@@ -43,11 +31,14 @@ class UNetModel(IdmzooModel):
         super().__init__(spec)
         layout = self.layout
         if spec.num_classes is not None:
-            self.label_emb = _label_embedding(spec.num_classes, self.maker.ctx.emb_channels)
+            self.label_emb = self.maker.create(
+                "label_embed", spec.label_embed, spec.num_classes, self.maker.ctx
+            )
         self.output_blocks = nn.ModuleList(self.maker.group(g) for g in layout.output_blocks)
+        head = layout.head
         self.out = nn.Sequential(
-            self.maker.norm(layout.final_channels),
-            nn.SiLU(),
+            self.maker.norm(layout.final_channels, where=head),
+            self.maker.activation(where=head),
             zero_module(conv_nd(spec.dims, layout.stem_channels, spec.out_channels, 3, padding=1)),
         )
 
@@ -62,6 +53,9 @@ class UNetModel(IdmzooModel):
     def _check_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """Labels: present exactly when class-conditional, ``[N]``, integer, in ``[0, num_classes)``.
 
+        A label embedding with ``optional_labels`` (classifier-free guidance) also takes
+        ``y=None`` and the "no label" index ``-1``.
+
         The range check reads values, so it is skipped while ``torch.compile`` or
         ``torch.jit`` traces (where it would break the graph) and on the meta device; in
         eager mode it costs one host sync.
@@ -71,15 +65,21 @@ class UNetModel(IdmzooModel):
             if y is not None:
                 raise InputError("y was given but the model is not class-conditional (num_classes is None)")
             return
+        optional = getattr(self.label_emb, "optional_labels", False)
+        if y is None and optional:
+            return
         if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
             raise InputError(f"a class-conditional model needs labels y of shape [{x.shape[0]}]")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise InputError(f"labels y must be integers (torch.long), but got {y.dtype}")
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or y.is_meta:
             return
-        if bool(((y < 0) | (y >= classes)).any()):
-            bad = y[(y < 0) | (y >= classes)][:5].tolist()
-            raise InputError(f"labels y must be in [0, {classes - 1}] (num_classes={classes}), but got {bad}")
+        low = -1 if optional else 0
+        outside = (y < low) | (y >= classes)
+        if bool(outside.any()):
+            raise InputError(
+                f"labels y must be in [{low}, {classes - 1}] (num_classes={classes}), but got {y[outside][:5].tolist()}"
+            )
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
@@ -92,7 +92,7 @@ class UNetModel(IdmzooModel):
         self.check_inputs(x, timesteps, channels=self._x_channels)
         self._check_labels(x, y)
         emb = self.embed(timesteps)
-        if y is not None:
+        if self.spec.num_classes is not None:
             emb = emb + self.label_emb(y)
         h, skips = self.encode(x.type(self.torso_dtype), emb)
         for block in self.output_blocks:

@@ -49,14 +49,18 @@ __all__ = [
 ]
 
 #: The kinds of block a spec chooses by name.  ``family`` is the model family itself
-#: (U-Net, super-resolution U-Net, encoder) and ``pool`` the encoder's output head.
+#: (U-Net, super-resolution U-Net, encoder), ``time_embed`` and ``label_embed`` the
+#: timestep and class embeddings, and ``pool`` the encoder's output head.
 BLOCK_KINDS: tuple[str, ...] = (
     "family",
     "norm",
+    "activation",
     "resblock",
     "attention",
     "upsample",
     "downsample",
+    "time_embed",
+    "label_embed",
     "pool",
 )
 

@@ -53,6 +53,8 @@ BUILTIN_PACKAGE = "idmzoo"
 #: The modules whose import registers idmzoo's own blocks, in the order they load.
 BUILTIN_MODULES: tuple[str, ...] = (
     "idmzoo.blocks.norm",
+    "idmzoo.blocks.activation",
+    "idmzoo.blocks.embedding",
     "idmzoo.blocks.resblock",
     "idmzoo.blocks.attention",
     "idmzoo.blocks.resample",
