@@ -98,15 +98,20 @@ Reference behaviour found while building these:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
-import json
 import math
-import os
 import sys
 import types
 
 import torch
+from reference_fixtures import (
+    checkout_on_path,
+    generate_one,
+    index_header,
+    parse_args,
+    verify_one,
+    write_and_verify,
+)
 
 CM_COMMIT = "e32b69ee436d518377db86fb2127a3972d0d8716"
 # git blob ids of the files that define the model and its flags at CM_COMMIT
@@ -118,8 +123,6 @@ EXPECTED_BLOBS = {
 LIBRARY = "consistency-models"
 TIMESTEPS = [3.0, 517.0]
 GENERATOR = "tools/make_cm_fixtures.py"
-
-OUTPUT_ATOL = 1e-6
 
 
 # --------------------------------------------------------------------------
@@ -319,12 +322,6 @@ class ExactSoftmaxAttention(torch.nn.Module):
         return out.reshape(b, self.embed_dim, t)
 
 
-def git_blob_id(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _stub_missing_modules():
     """Empty stand-ins for what ``cm`` imports but neither UNetModel nor create_model uses."""
     stubs = {
@@ -352,14 +349,7 @@ def _stub_missing_modules():
 
 def import_reference(checkout):
     """``(cm.unet, cm.script_util)`` from the checkout, with the flash attention substituted."""
-    checkout = os.path.abspath(checkout)
-    for rel, blob in EXPECTED_BLOBS.items():
-        got = git_blob_id(os.path.join(checkout, rel))
-        if got != blob:
-            raise SystemExit(
-                f"{rel} in {checkout} has blob {got}, expected {blob} (consistency_models commit {CM_COMMIT})"
-            )
-    sys.path.insert(0, checkout)
+    checkout_on_path(checkout, EXPECTED_BLOBS, "consistency_models", CM_COMMIT)
     _stub_missing_modules()
     unet = importlib.import_module("cm.unet")
     unet.QKVFlashAttention = ExactSoftmaxAttention
@@ -373,70 +363,6 @@ def import_reference(checkout):
 # --------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def rerandomise(model):
-    gn = {}
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.GroupNorm):
-            if mod.weight is not None:
-                gn[id(mod.weight)] = "gn_weight"
-                gn[id(mod.bias)] = "gn_bias"
-    for _name, p in model.named_parameters():
-        kind = gn.get(id(p))
-        if kind == "gn_weight":
-            p.copy_(1.0 + 0.1 * torch.randn_like(p))
-        elif kind == "gn_bias":
-            p.copy_(0.1 * torch.randn_like(p))
-        elif p.ndim >= 2:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn_like(p) / fan_in**0.5)
-        else:
-            p.copy_(0.01 + 0.1 * torch.randn_like(p))
-
-
-def make_inputs(cfg):
-    kw = cfg["kwargs"]
-    inputs = {
-        "x": torch.randn(cfg["x_shape"]),
-        "timesteps": torch.tensor(TIMESTEPS, dtype=torch.float32),
-    }
-    n = cfg["x_shape"][0]
-    assert n == len(TIMESTEPS)
-    if kw.get("num_classes"):
-        # distinct labels, so that mixing up samples' labels is detectable
-        inputs["y"] = torch.randperm(kw["num_classes"])[:n].to(torch.int64)
-    return inputs
-
-
-def run_train(model, inputs, cotangent=None):
-    """Train-mode forward + backward. Returns (out, cotangent, input grad, param grads)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    args = dict(inputs, x=inputs["x"].detach().clone().requires_grad_(True))
-    out = model(**args)
-    if cotangent is None:
-        cotangent = torch.randn_like(out)
-    (out * cotangent).sum().backward()
-    p_grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            raise RuntimeError(f"parameter {name} received no gradient")
-        p_grads[name] = p.grad.detach().clone()
-    return out.detach(), cotangent, args["x"].grad.detach().clone(), p_grads
-
-
-@torch.no_grad()
-def run_eval(model, inputs):
-    model.eval()
-    return model(**inputs).detach().clone()
-
-
-def maxabs(a, b=None):
-    if b is None:
-        return float(a.abs().max())
-    return float((a - b).abs().max())
-
-
 def check_attention_layout(model):
     """Assert what the fixtures are meant to pin down: 1x1 Conv2d projections, flash substitute."""
     blocks = [m for m in model.modules() if type(m).__name__ == "AttentionBlock"]
@@ -445,75 +371,6 @@ def check_attention_layout(model):
         assert isinstance(block.qkv, torch.nn.Conv2d) and block.qkv.kernel_size == (1, 1)
         assert isinstance(block.proj_out, torch.nn.Conv2d) and block.proj_out.kernel_size == (1, 1)
         assert isinstance(block.attention, ExactSoftmaxAttention)
-
-
-def generate_one(unet, cfg, out_dir):
-    torch.manual_seed(cfg["seed"])
-    model = unet.UNetModel(**cfg["kwargs"])
-    check_attention_layout(model)
-    rerandomise(model)
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    inputs = make_inputs(cfg)
-
-    output = run_eval(model, inputs)
-    out_train, cotangent, input_grad, p_grads = run_train(model, inputs)
-    rerun = run_eval(model, inputs)
-
-    zero_grads = sorted(n for n, g in p_grads.items() if not bool(g.ne(0).any()))
-    if zero_grads:
-        raise RuntimeError(f"{cfg['name']}: all-zero gradients for {zero_grads}")
-    if not bool(input_grad.ne(0).any()):
-        raise RuntimeError(f"{cfg['name']}: all-zero gradient for input x")
-    if not torch.isfinite(output).all():
-        raise RuntimeError(f"{cfg['name']}: non-finite output")
-
-    stats = {
-        "train_vs_eval_output_maxabs": maxabs(out_train, output),
-        "rerun_maxabs": maxabs(rerun, output),
-        "output_maxabs": maxabs(output),
-        "input_grad_maxabs": maxabs(input_grad),
-        "param_grads_maxabs": max(maxabs(g) for g in p_grads.values()),
-        "param_grad_zero_elements": int(sum(int(g.eq(0).sum()) for g in p_grads.values())),
-    }
-    param_count = sum(p.numel() for p in model.parameters())
-    record = {
-        "library": LIBRARY,
-        "commit": CM_COMMIT,
-        "class": "UNetModel",
-        "kwargs": cfg["kwargs"],
-        "seed": cfg["seed"],
-        "state_dict": state_dict,
-        "inputs": {k: v.detach().clone() for k, v in inputs.items()},
-        "output": output,
-        "cotangent": cotangent.detach().clone(),
-        "input_grad": input_grad,
-        "param_grads": p_grads,
-        "param_count": param_count,
-        "stats": stats,
-    }
-    fname = cfg["name"] + ".pt"
-    path = os.path.join(out_dir, fname)
-    torch.save(record, path)
-    with open(path, "rb") as f:
-        blob = f.read()
-    entry = {
-        "name": cfg["name"],
-        "file": fname,
-        "description": cfg["description"],
-        "library": LIBRARY,
-        "commit": CM_COMMIT,
-        "class": "UNetModel",
-        "kwargs": cfg["kwargs"],
-        "seed": cfg["seed"],
-        "param_count": param_count,
-        "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
-        "input_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in inputs.items()},
-        "output_shape": list(output.shape),
-        "size_bytes": len(blob),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "stats": stats,
-    }
-    return entry
 
 
 def _jsonable(value):
@@ -585,68 +442,34 @@ def create_model_case(script_util, case):
 # --------------------------------------------------------------------------
 
 
-def verify_one(unet, path):
-    rec = torch.load(path, weights_only=True)
-    model = unet.UNetModel(**rec["kwargs"])
-    model.load_state_dict(rec["state_dict"], strict=True)
-    inputs = rec["inputs"]
-    out = run_eval(model, inputs)
-    _, _, input_grad, p_grads = run_train(model, inputs, cotangent=rec["cotangent"])
-    assert set(p_grads) == set(rec["param_grads"]), "parameter names differ"
-    assert rec["param_count"] == sum(p.numel() for p in model.parameters())
-    diffs = {
-        "output": maxabs(out, rec["output"]),
-        "input_grad": maxabs(input_grad, rec["input_grad"]),
-        "param_grads": max(maxabs(p_grads[k], rec["param_grads"][k]) for k in p_grads),
-    }
-    ok = diffs["output"] <= OUTPUT_ATOL and all(
-        v <= 1e-5 * max(1.0, s)
-        for v, s in [
-            (diffs["input_grad"], rec["stats"]["input_grad_maxabs"]),
-            (diffs["param_grads"], rec["stats"]["param_grads_maxabs"]),
-        ]
-    )
-    return ok, diffs
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--consistency-models", required=True, help="checkout of openai/consistency_models at " + CM_COMMIT
+    args = parse_args(
+        argv,
+        __doc__,
+        "--consistency-models",
+        "checkout of openai/consistency_models at " + CM_COMMIT,
+        "tests/fixtures/consistency",
     )
-    ap.add_argument("--out", required=True, help="output directory (e.g. tests/fixtures/consistency)")
-    ap.add_argument(
-        "--verify-only",
-        action="store_true",
-        help="do not regenerate; only check the fixtures listed in <out>/index.json",
-    )
-    args = ap.parse_args(argv)
-
     torch.set_num_threads(1)
-    unet, script_util = import_reference(args.consistency_models)
-    os.makedirs(args.out, exist_ok=True)
-    index_path = os.path.join(args.out, "index.json")
+    unet, script_util = import_reference(args.checkout)
 
-    if not args.verify_only:
-        entries = []
-        for cfg in CONFIGS:
-            entry = generate_one(unet, cfg, args.out)
-            print(
-                f"wrote {entry['file']}: {entry['param_count']} params, {entry['size_bytes']} bytes",
-                flush=True,
-            )
-            entries.append(entry)
+    def generate(cfg, out_dir):
+        return generate_one(
+            unet.UNetModel,
+            cfg,
+            out_dir,
+            library=LIBRARY,
+            commit=CM_COMMIT,
+            timesteps=TIMESTEPS,
+            check_model=check_attention_layout,
+        )
+
+    def make_index(entries):
         cases = [create_model_case(script_util, case) for case in CREATE_MODEL_CASES]
         for case in cases:
             print(f"create_model {case['name']}: {case.get('param_count', case.get('error'))}", flush=True)
-        index = {
-            "generator": GENERATOR,
-            "library": LIBRARY,
-            "commit": CM_COMMIT,
-            "torch": torch.__version__,
-            "timesteps": TIMESTEPS,
-            "rerandomisation": "weights (ndim>=2): randn/sqrt(fan_in); GroupNorm weight: 1+0.1*randn; "
-            "GroupNorm bias: 0.1*randn; other 1-d params: 0.01+0.1*randn",
+        return {
+            **index_header(GENERATOR, LIBRARY, CM_COMMIT, TIMESTEPS),
             "attention": "cm's QKVFlashAttention (flash_attn CUDA kernel, fp16) is replaced by exact fp32 "
             "softmax attention with the same channel grouping (q/k/v, then heads) and "
             "scale 1/sqrt(head_dim); it has no parameters.",
@@ -666,23 +489,15 @@ def main(argv=None):
             "fixtures": entries,
             "create_model_cases": cases,
         }
-        with open(index_path, "w") as f:
-            json.dump(index, f, indent=1)
-            f.write("\n")
 
-    with open(index_path) as f:
-        index = json.load(f)
-    failed = []
-    for entry in index["fixtures"]:
-        ok, diffs = verify_one(unet, os.path.join(args.out, entry["file"]))
-        print(f"verify {entry['name']}: {'ok' if ok else 'FAILED'} {diffs}", flush=True)
-        if not ok:
-            failed.append(entry["name"])
-    for case in index["create_model_cases"]:
-        if create_model_case(script_util, case) != case:
-            failed.append(case["name"])
-    if failed:
-        raise SystemExit(f"verification failed for {failed}")
+    def verify_cases(index):
+        return [
+            case["name"]
+            for case in index["create_model_cases"]
+            if create_model_case(script_util, case) != case
+        ]
+
+    write_and_verify(args, CONFIGS, generate, make_index, lambda path: verify_one(unet, path), verify_cases)
 
 
 if __name__ == "__main__":

@@ -75,15 +75,20 @@ because the reference itself crashes or silently misbehaves there):
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib
-import json
-import os
 import sys
 import types
 
 import torch
+from reference_fixtures import (
+    checkout_on_path,
+    generate_one,
+    index_header,
+    make_inputs,
+    parse_args,
+    verify_one,
+    write_and_verify,
+)
 
 GUIDED_COMMIT = "22e0df8183507e13a7813f8d38d51b072ca1e67c"
 # git blob ids of the files that define the models at GUIDED_COMMIT
@@ -94,8 +99,8 @@ EXPECTED_BLOBS = {
 LIBRARY = "guided-diffusion"
 TIMESTEPS = [3.0, 517.0]
 GENERATOR = "tools/make_guided_fixtures.py"
-
-OUTPUT_ATOL = 1e-6
+#: inputs whose gradients the fixtures store (``low_res`` only for SuperResModel)
+GRAD_INPUTS = ("x", "low_res")
 
 
 # --------------------------------------------------------------------------
@@ -336,22 +341,8 @@ CONFIGS = [
 # --------------------------------------------------------------------------
 
 
-def git_blob_id(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def import_reference(checkout):
-    checkout = os.path.abspath(checkout)
-    for rel, blob in EXPECTED_BLOBS.items():
-        got = git_blob_id(os.path.join(checkout, rel))
-        if got != blob:
-            raise SystemExit(
-                f"{rel} in {checkout} has blob {got}, expected {blob} "
-                f"(guided-diffusion commit {GUIDED_COMMIT})"
-            )
-    sys.path.insert(0, checkout)
+    checkout_on_path(checkout, EXPECTED_BLOBS, "guided-diffusion", GUIDED_COMMIT)
     # guided_diffusion.unet -> .fp16_util -> .logger; none of these need
     # mpi4py/blobfile at import time at the pinned commit, but stub them if
     # some import chain asks for them so that no install is required.
@@ -373,220 +364,41 @@ def import_reference(checkout):
 # --------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def rerandomise(model):
-    gn = {}
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.GroupNorm):
-            if mod.weight is not None:
-                gn[id(mod.weight)] = "gn_weight"
-                gn[id(mod.bias)] = "gn_bias"
-    for _name, p in model.named_parameters():
-        kind = gn.get(id(p))
-        if kind == "gn_weight":
-            p.copy_(1.0 + 0.1 * torch.randn_like(p))
-        elif kind == "gn_bias":
-            p.copy_(0.1 * torch.randn_like(p))
-        elif p.ndim >= 2:
-            fan_in = p[0].numel()
-            p.copy_(torch.randn_like(p) / fan_in**0.5)
-        else:
-            p.copy_(0.01 + 0.1 * torch.randn_like(p))
-
-
-def make_inputs(cfg):
-    kw = cfg["kwargs"]
-    inputs = {
-        "x": torch.randn(cfg["x_shape"]),
-        "timesteps": torch.tensor(TIMESTEPS, dtype=torch.float32),
-    }
-    n = cfg["x_shape"][0]
-    assert n == len(TIMESTEPS)
-    if kw.get("num_classes"):
-        # distinct labels, so that mixing up samples' labels is detectable
-        inputs["y"] = torch.randperm(kw["num_classes"])[:n].to(torch.int64)
+def make_superres_inputs(cfg, timesteps):
+    """The shared inputs, then ``low_res`` at half the spatial size for ``SuperResModel``."""
+    inputs = make_inputs(cfg, timesteps)
     if cfg["cls"] == "SuperResModel":
         n, c, h, w = cfg["x_shape"]
         inputs["low_res"] = torch.randn(n, c, h // 2, w // 2)
     return inputs
 
 
-def grad_input_names(inputs):
-    return [k for k in ("x", "low_res") if k in inputs]
-
-
-def run_train(model, inputs, cotangent=None):
-    """Train-mode forward + backward. Returns (out, cotangent, input grads, param grads)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    args = {
-        k: (v.detach().clone().requires_grad_(True) if k in grad_input_names(inputs) else v)
-        for k, v in inputs.items()
-    }
-    out = model(**args)
-    if cotangent is None:
-        cotangent = torch.randn_like(out)
-    (out * cotangent).sum().backward()
-    in_grads = {k: args[k].grad.detach().clone() for k in grad_input_names(inputs)}
-    p_grads = {}
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            raise RuntimeError(f"parameter {name} received no gradient")
-        p_grads[name] = p.grad.detach().clone()
-    return out.detach(), cotangent, in_grads, p_grads
-
-
-@torch.no_grad()
-def run_eval(model, inputs):
-    model.eval()
-    return model(**inputs).detach().clone()
-
-
-def maxabs(a, b=None):
-    if b is None:
-        return float(a.abs().max())
-    return float((a - b).abs().max())
-
-
-def generate_one(unet, cfg, out_dir):
-    cls = getattr(unet, cfg["cls"])
-    torch.manual_seed(cfg["seed"])
-    model = cls(**cfg["kwargs"])
-    rerandomise(model)
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    inputs = make_inputs(cfg)
-
-    output = run_eval(model, inputs)
-    out_train, cotangent, in_grads, p_grads = run_train(model, inputs)
-    rerun = run_eval(model, inputs)
-
-    zero_grads = sorted(n for n, g in p_grads.items() if not bool(g.ne(0).any()))
-    if zero_grads:
-        raise RuntimeError(f"{cfg['name']}: all-zero gradients for {zero_grads}")
-    for k, g in in_grads.items():
-        if not bool(g.ne(0).any()):
-            raise RuntimeError(f"{cfg['name']}: all-zero gradient for input {k}")
-    if not torch.isfinite(output).all():
-        raise RuntimeError(f"{cfg['name']}: non-finite output")
-
-    stats = {
-        "train_vs_eval_output_maxabs": maxabs(out_train, output),
-        "rerun_maxabs": maxabs(rerun, output),
-        "output_maxabs": maxabs(output),
-        "input_grad_maxabs": maxabs(in_grads["x"]),
-        "param_grads_maxabs": max(maxabs(g) for g in p_grads.values()),
-        "param_grad_zero_elements": int(sum(int(g.eq(0).sum()) for g in p_grads.values())),
-    }
-    param_count = sum(p.numel() for p in model.parameters())
-    record = {
-        "library": LIBRARY,
-        "commit": GUIDED_COMMIT,
-        "class": cfg["cls"],
-        "kwargs": cfg["kwargs"],
-        "seed": cfg["seed"],
-        "state_dict": state_dict,
-        "inputs": {k: v.detach().clone() for k, v in inputs.items()},
-        "output": output,
-        "cotangent": cotangent.detach().clone(),
-        "input_grad": in_grads["x"],
-        "param_grads": p_grads,
-        "param_count": param_count,
-        "stats": stats,
-    }
-    if "low_res" in in_grads:
-        record["low_res_grad"] = in_grads["low_res"]
-    fname = cfg["name"] + ".pt"
-    path = os.path.join(out_dir, fname)
-    torch.save(record, path)
-    with open(path, "rb") as f:
-        blob = f.read()
-    entry = {
-        "name": cfg["name"],
-        "file": fname,
-        "description": cfg["description"],
-        "library": LIBRARY,
-        "commit": GUIDED_COMMIT,
-        "class": cfg["cls"],
-        "kwargs": cfg["kwargs"],
-        "seed": cfg["seed"],
-        "param_count": param_count,
-        "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
-        "input_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in inputs.items()},
-        "output_shape": list(output.shape),
-        "size_bytes": len(blob),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "stats": stats,
-    }
-    return entry
-
-
-# --------------------------------------------------------------------------
-# verification
-# --------------------------------------------------------------------------
-
-
-def verify_one(unet, path):
-    rec = torch.load(path, weights_only=True)
-    model = getattr(unet, rec["class"])(**rec["kwargs"])
-    model.load_state_dict(rec["state_dict"], strict=True)
-    inputs = rec["inputs"]
-    out = run_eval(model, inputs)
-    _, _, in_grads, p_grads = run_train(model, inputs, cotangent=rec["cotangent"])
-    assert set(p_grads) == set(rec["param_grads"]), "parameter names differ"
-    assert rec["param_count"] == sum(p.numel() for p in model.parameters())
-    diffs = {
-        "output": maxabs(out, rec["output"]),
-        "input_grad": maxabs(in_grads["x"], rec["input_grad"]),
-        "param_grads": max(maxabs(p_grads[k], rec["param_grads"][k]) for k in p_grads),
-    }
-    if "low_res" in in_grads:
-        diffs["low_res_grad"] = maxabs(in_grads["low_res"], rec["low_res_grad"])
-    ok = diffs["output"] <= OUTPUT_ATOL and all(
-        v <= 1e-5 * max(1.0, s)
-        for v, s in [
-            (diffs["input_grad"], rec["stats"]["input_grad_maxabs"]),
-            (diffs["param_grads"], rec["stats"]["param_grads_maxabs"]),
-            (diffs.get("low_res_grad", 0.0), 1.0),
-        ]
-    )
-    return ok, diffs
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--guided-diffusion", required=True, help="checkout of openai/guided-diffusion at " + GUIDED_COMMIT
+    args = parse_args(
+        argv,
+        __doc__,
+        "--guided-diffusion",
+        "checkout of openai/guided-diffusion at " + GUIDED_COMMIT,
+        "tests/fixtures/guided",
     )
-    ap.add_argument("--out", required=True, help="output directory (e.g. tests/fixtures/guided)")
-    ap.add_argument(
-        "--verify-only",
-        action="store_true",
-        help="do not regenerate; only check the fixtures listed in <out>/index.json",
-    )
-    args = ap.parse_args(argv)
-
     torch.set_num_threads(1)
-    unet = import_reference(args.guided_diffusion)
-    os.makedirs(args.out, exist_ok=True)
-    index_path = os.path.join(args.out, "index.json")
+    unet = import_reference(args.checkout)
 
-    if not args.verify_only:
-        entries = []
-        for cfg in CONFIGS:
-            entry = generate_one(unet, cfg, args.out)
-            print(
-                f"wrote {entry['file']}: {entry['param_count']} params, {entry['size_bytes']} bytes",
-                flush=True,
-            )
-            entries.append(entry)
-        index = {
-            "generator": GENERATOR,
-            "library": LIBRARY,
-            "commit": GUIDED_COMMIT,
-            "torch": torch.__version__,
-            "timesteps": TIMESTEPS,
-            "rerandomisation": "weights (ndim>=2): randn/sqrt(fan_in); GroupNorm weight: 1+0.1*randn; "
-            "GroupNorm bias: 0.1*randn; other 1-d params: 0.01+0.1*randn",
+    def generate(cfg, out_dir):
+        return generate_one(
+            getattr(unet, cfg["cls"]),
+            cfg,
+            out_dir,
+            library=LIBRARY,
+            commit=GUIDED_COMMIT,
+            timesteps=TIMESTEPS,
+            inputs_fn=make_superres_inputs,
+            grad_inputs=GRAD_INPUTS,
+        )
+
+    def make_index(entries):
+        return {
+            **index_header(GENERATOR, LIBRARY, GUIDED_COMMIT, TIMESTEPS),
             "notes": [
                 "normalization() is GroupNorm(32, C): all channel counts are multiples of 32, so "
                 "channel_mult 0.5 needs model_channels 64.",
@@ -603,20 +415,8 @@ def main(argv=None):
             ],
             "fixtures": entries,
         }
-        with open(index_path, "w") as f:
-            json.dump(index, f, indent=1)
-            f.write("\n")
 
-    with open(index_path) as f:
-        index = json.load(f)
-    failed = []
-    for entry in index["fixtures"]:
-        ok, diffs = verify_one(unet, os.path.join(args.out, entry["file"]))
-        print(f"verify {entry['name']}: {'ok' if ok else 'FAILED'} {diffs}", flush=True)
-        if not ok:
-            failed.append(entry["name"])
-    if failed:
-        raise SystemExit(f"verification failed for {failed}")
+    write_and_verify(args, CONFIGS, generate, make_index, lambda path: verify_one(unet, path, GRAD_INPUTS))
 
 
 if __name__ == "__main__":
