@@ -152,7 +152,8 @@ def create(
         name: a zoo name, see :func:`list_models`.
         device: where to allocate the parameters; ``"meta"`` builds without memory (then
             ``model.to_empty(device=...)`` or :func:`idmzoo.load_checkpoint`).
-        checkpointing: ``"none"``, ``"attention"`` or ``"all"``; see :func:`idmzoo.build`.
+        checkpointing: ``"none"``, ``"attention"``, ``"all"``, ``"selective"`` or a ``{kind: mode}``
+            mapping; see :func:`idmzoo.build`.
         seed: seed the initial weights; see :func:`idmzoo.build`.
         check_shapes: run the build-time shape check; see :func:`idmzoo.build`.
         **overrides: spec fields to replace, validated like a spec file.  The build options
