@@ -336,7 +336,7 @@ def test_channels_last_runs_end_to_end(spec):
     [TINY, TINY_ADM, TINY_CM, TINY_SUPERRES, TINY_ENCODER],
     ids=["idm", "adm", "cm", "superres", "encoder"],
 )
-@pytest.mark.parametrize("checkpointing", ["none", "all"])
+@pytest.mark.parametrize("checkpointing", ["none", "all", "selective"])
 def test_model_traces_as_one_graph(spec, checkpointing):
     """fullgraph=True raises on any graph break; the eager backend keeps this fast."""
     torch._dynamo.reset()
