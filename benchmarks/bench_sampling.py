@@ -36,7 +36,9 @@ from idmzoo.reference import spec_from_reference
 #: A configuration small enough for 50 steps of every variant in a few minutes on a CPU:
 #: the CIFAR-10 arguments at half the width, 2 res blocks per level, 32x32.
 SMALL = ({**REFERENCE_KWARGS["cifar10"][0], "model_channels": 64, "num_res_blocks": 2}, 32)
-CONFIGS = {"small": SMALL, "cifar10": (REFERENCE_KWARGS["cifar10"][0], 32)}
+#: For a machine shared with other work: a quarter of the width, 1 res block per level.
+TINY = ({**REFERENCE_KWARGS["cifar10"][0], "model_channels": 32, "num_res_blocks": 1}, 32)
+CONFIGS = {"tiny": TINY, "small": SMALL, "cifar10": (REFERENCE_KWARGS["cifar10"][0], 32)}
 
 
 def ddim_loop(model: torch.nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
