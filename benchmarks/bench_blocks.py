@@ -6,7 +6,8 @@ Every variant is the same model with the same weights; only run-time choices dif
   checkpointing, NCHW tensors: what improved-/guided-diffusion compute.
 - ``default``: what ``idmzoo.build`` gives (SDPA attention).
 - ``channels_last``: the default with model and input in ``torch.channels_last``.
-- ``ckpt_attention`` / ``ckpt_all``: the default with gradient checkpointing.
+- ``ckpt_attention`` / ``ckpt_all`` / ``ckpt_selective``: the default with gradient
+  checkpointing (``ckpt_selective`` keeps convolution, matmul and attention outputs).
 
 Timings are interleaved (one round runs every variant once) and the best round is kept,
 so a busy machine slows all variants alike.  Ratios are against ``reference``.
@@ -67,6 +68,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("channels_last", "sdpa", "none", channels_last=True),
         Variant("ckpt_attention", "sdpa", "attention"),
         Variant("ckpt_all", "sdpa", "all"),
+        Variant("ckpt_selective", "sdpa", "selective"),
     )
 }
 

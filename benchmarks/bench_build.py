@@ -1,7 +1,8 @@
 """How long building a spec takes on the meta device (no weights allocated), and start-up.
 
-Times ``idmzoo.build(spec, device="meta")`` and the build-time shape check in this process
-(best of ``--repeats``), then the whole ``idmzoo build SPEC --device meta`` command, whose
+Times ``idmzoo.build(spec, device="meta")``, the build-time shape check and the per-stage
+FLOP count of ``idmzoo.summarize`` (a meta-device forward under ``FlopCounterMode``) in this
+process (best of ``--repeats``), then the whole ``idmzoo build SPEC --device meta`` command, whose
 wall time is mostly Python start-up and ``import torch`` (timed alone for comparison), and
 ``idmzoo --help`` against ``python -c "import torch"`` (median of ``--repeats`` each, as a
 ratio measured in the same run: the lazy package root keeps torch out of ``--help``).
@@ -14,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import time
 
 import idmzoo
 from idmzoo.shape_check import check_block_shapes
+from idmzoo.summary import count_flops
 
 
 def _wall(command: list[str]) -> float:
@@ -47,12 +50,22 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         check_block_shapes(model)
         checks.append(time.perf_counter() - start)
+    size = model.spec.image_size or 64
+    counts = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        per_stage, flops = count_flops(model, size)
+        counts.append(time.perf_counter() - start)
     command = _wall(["idmzoo", "build", args.spec, "--device", "meta"])
     torch_import = [_wall([sys.executable, "-c", "import torch"]) for _ in range(args.repeats)]
     help_ = [_wall(["idmzoo", "--help"]) for _ in range(args.repeats)]
     print(f"{args.spec}: {parameters:,} parameters")
     print(f"idmzoo.build(device='meta'): {min(times):.3f} s (best of {args.repeats})")
     print(f"shape check on meta: {min(checks):.3f} s (best of {args.repeats})")
+    print(
+        f"forward FLOPs at {size}px counted on meta: {flops / 1e9:,.1f} GFLOPs per image in "
+        f"{min(counts):.3f} s (best of {args.repeats}; load average {os.getloadavg()[0]:.2f})"
+    )
     print(
         f"`idmzoo build --device meta` command: {command:.2f} s wall, of which `import torch` alone "
         f"takes {statistics.median(torch_import):.2f} s"

@@ -70,8 +70,10 @@ def build(
 
     Args:
         spec: a :class:`Spec`, a dict, or the path of a ``.json`` spec file.
-        checkpointing: recompute activations of ``"none"``, ``"attention"`` or ``"all"``
-            blocks in the backward pass (a training option; it changes no weight).
+        checkpointing: recompute activations in the backward pass for ``"none"``,
+            ``"attention"`` or ``"all"`` blocks, ``"selective"`` (every block, keeping its
+            convolution, matmul and attention outputs), or ``{kind: "none" | "full" |
+            "selective"}`` per block kind (a training option; it changes no weight).
         device: where to allocate parameters; ``"meta"`` builds without allocating memory.
         seed: seed the initial weights: the same spec and seed give bit-identical weights
             (on the same device type and torch version).  The caller's random state is

@@ -236,7 +236,8 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size",
         type=_positive_int,
-        help="input side length for numeric shapes (default: the spec's image_size)",
+        help="input side length: numeric shapes and each stage's forward FLOPs per image, counted "
+        "on the meta device (default: the spec's image_size, shapes only)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 

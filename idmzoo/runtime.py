@@ -8,16 +8,21 @@ only trade speed for memory or select a verification path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 __all__ = [
     "AttentionBackend",
     "Checkpointing",
+    "BlockCheckpointing",
+    "SAVED_OPS",
+    "run_checkpointed",
     "attention_backend",
     "get_attention_backend",
     "set_attention_backend",
@@ -27,8 +32,14 @@ __all__ = [
 #: ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (memory linear in tokens
 #: with a fused kernel); ``"math"``: the reference's einsum formulation, for verification.
 AttentionBackend = Literal["sdpa", "math"]
-#: Which blocks recompute their activations in the backward pass.
-Checkpointing = Literal["none", "attention", "all"]
+#: How one block is checkpointed: ``"full"`` recomputes its whole forward in the backward
+#: pass; ``"selective"`` keeps the outputs of its convolutions, matmuls and attention
+#: kernels (:data:`SAVED_OPS`) and recomputes only the cheap pointwise work between them.
+BlockCheckpointing = Literal["none", "full", "selective"]
+#: Which blocks recompute their activations: ``"none"``; ``"attention"`` (attention blocks,
+#: full); ``"all"`` (every block, full); ``"selective"`` (every block, selective); or a
+#: mapping ``{kind: BlockCheckpointing}`` for the kinds named (the others: ``"none"``).
+Checkpointing = Literal["none", "attention", "all", "selective"] | Mapping[str, BlockCheckpointing]
 
 _ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "math")
 _attention_backend: AttentionBackend = "sdpa"
@@ -80,3 +91,43 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     weight = torch.einsum("...tc,...sc->...ts", q * scale, k * scale)
     weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
     return torch.einsum("...ts,...sc->...tc", weight, v)
+
+
+def _aten(*names: str) -> frozenset[Any]:
+    """The overloads of the aten ops ``names`` that this torch build has (CUDA-only ones may not exist)."""
+    return frozenset(op.default for name in names if (op := getattr(torch.ops.aten, name, None)) is not None)
+
+
+#: The ops whose outputs selective checkpointing keeps: the expensive ones.  Everything
+#: else (norms, activations, dropout's draw and mask, additions, reshapes) is recomputed,
+#: which costs little time and holds no memory between the passes.
+SAVED_OPS: frozenset[Any] = _aten(
+    "convolution",
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+)
+
+
+def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_selective_contexts = functools.partial(create_selective_checkpoint_contexts, _selective_policy)
+
+
+def run_checkpointed(block: Callable[..., torch.Tensor], mode: bool | str, *args: Any) -> torch.Tensor:
+    """``block(*args)`` under non-reentrant checkpointing, full (``True``/``"full"``) or ``"selective"``.
+
+    The RNG state is restored before the recomputation, so dropout replays its forward mask.
+    """
+    if mode == "selective":
+        return checkpoint(block, *args, use_reentrant=False, context_fn=_selective_contexts)
+    return checkpoint(block, *args, use_reentrant=False)

@@ -1,9 +1,12 @@
-"""A per-stage summary of a built model: the blocks each stage uses, its output shape, its size.
+"""A per-stage summary of a built model: the blocks each stage uses, its output shape, its size
+and its forward FLOPs.
 
 The shapes come from the model's layout (the same :class:`~idmzoo.layout.UNetLayout` it
 was built from), not from running it, so a model on the meta device, or one too large to
 run here, is summarised instantly.  Without an image size the spatial axes stay symbolic
-(``[N, 256, H/8, W/8]``).
+(``[N, 256, H/8, W/8]``).  The FLOPs are counted by ``torch.utils.flop_counter`` over one
+forward pass on the meta device (shapes only: no memory, no arithmetic), with the
+model's own weights swapped for meta tensors, so a model on any device can be counted.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from .layout import Site
     from .spec import Spec
 
-__all__ = ["StageSummary", "PlaceSummary", "ModelSummary", "summarize", "format_table"]
+__all__ = ["StageSummary", "PlaceSummary", "ModelSummary", "summarize", "count_flops", "format_table"]
 
 Shape = tuple[int | str, ...]
 _AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -44,12 +47,14 @@ class StageSummary:
             nested ones (such as the norms inside residual blocks) included.
         output_shape: the shape it returns, or ``None`` when the layout does not say.
         parameters: its parameter count.
+        flops: the FLOPs of its forward pass for one input, or ``None`` when not counted.
     """
 
     name: str
     blocks: tuple[tuple[str, str, int], ...]
     output_shape: Shape | None
     parameters: int
+    flops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,15 @@ class ModelSummary:
         stages: one entry per top-level module, in the model's order.
         parameters: the total parameter count.
         places: the blocks chosen at each stage and level, in forward order.
+        flops: the forward FLOPs of the whole model for one input (batch 1), or ``None``
+            when not counted.
     """
 
     family: str
     input_shape: Shape
     stages: tuple[StageSummary, ...]
     parameters: int
+    flops: int | None = None
     places: tuple[PlaceSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,11 +102,13 @@ class ModelSummary:
             "family": self.family,
             "input_shape": list(self.input_shape),
             "parameters": self.parameters,
+            "flops": self.flops,
             "stages": [
                 {
                     "name": stage.name,
                     "output_shape": None if stage.output_shape is None else list(stage.output_shape),
                     "parameters": stage.parameters,
+                    "flops": stage.flops,
                     "blocks": [{"kind": k, "name": n, "count": c} for k, n, c in stage.blocks],
                 }
                 for stage in self.stages
@@ -114,18 +124,21 @@ class ModelSummary:
         }
 
     def __str__(self) -> str:
+        counted = self.flops is not None
         rows = [
             [
                 stage.name,
                 format_shape(stage.output_shape),
                 f"{stage.parameters:,}",
+                *([_gflops(stage.flops)] if counted else []),
                 ", ".join(f"{name} x{count}" for _, name, count in stage.blocks) or "-",
             ]
             for stage in self.stages
         ]
-        rows.append(["total", "", f"{self.parameters:,}", ""])
+        rows.append(["total", "", f"{self.parameters:,}", *([_gflops(self.flops)] if counted else []), ""])
         header = f"family {self.family}, input {format_shape(self.input_shape)}"
-        table = format_table(["stage", "output shape", "parameters", "blocks"], rows, right={2})
+        headers = ["stage", "output shape", "parameters", *(["GFLOPs/image"] if counted else []), "blocks"]
+        table = format_table(headers, rows, right={2, 3} if counted else {2})
         places = [
             [
                 place.stage,
@@ -138,6 +151,10 @@ class ModelSummary:
             return f"{header}\n{table}"
         by_place = format_table(["stage", "level", "blocks chosen"], places, right={1})
         return f"{header}\n{table}\n\nblocks by stage and level\n{by_place}"
+
+
+def _gflops(flops: int | None) -> str:
+    return "-" if flops is None else f"{flops / 1e9:,.3f}"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] = frozenset()) -> str:
@@ -263,13 +280,52 @@ def _stage_position(named: tuple[str, nn.Module]) -> int:
     return _STAGE_ORDER.index(named[0]) if named[0] in _STAGE_ORDER else len(_STAGE_ORDER)
 
 
-def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummary:
+def count_flops(model: nn.Module, image_size: int) -> tuple[dict[str, int], int]:
+    """Forward FLOPs of one input of side ``image_size``: per top-level child, and in total.
+
+    Counted by :class:`~torch.utils.flop_counter.FlopCounterMode` on the meta device:
+    parameters and buffers are replaced by meta tensors of the same shapes and dtypes for
+    the call (``torch.func.functional_call``), so nothing is allocated or computed.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = model.spec
+    meta = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    side = (image_size,) * spec.dims
+    kwargs = {"timesteps": torch.zeros(1, device="meta")}
+    if spec.num_classes is not None:
+        kwargs["y"] = torch.zeros(1, dtype=torch.long, device="meta")
+    if spec.family.type.endswith("superres_unet"):
+        kwargs["low_res"] = torch.empty(1, spec.in_channels, *side, device="meta")
+    x = torch.empty(1, spec.in_channels, *side, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        torch.func.functional_call(model, meta, (x,), kwargs)
+    counts = {key: sum(per_op.values()) for key, per_op in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    per_stage = {}
+    for name, _ in model.named_children():
+        prefix = f"{root}.{name}"
+        if prefix in counts:
+            per_stage[name] = counts[prefix]
+        else:  # a ModuleList is never called: its members are
+            per_stage[name] = sum(v for k, v in counts.items() if k.rpartition(".")[0] == prefix)
+    return per_stage, counter.get_total_flops()
+
+
+def summarize(model: nn.Module, *, image_size: int | None = None, flops: bool | None = None) -> ModelSummary:
     """Summarise a model built by :func:`idmzoo.build`, stage by stage.
 
     Args:
         model: the built model (any device, ``"meta"`` included).
         image_size: the input's side length, for numeric shapes; defaults to the spec's
             ``image_size``, and shapes stay symbolic (``H/4``) when neither is set.
+        flops: count the forward FLOPs of each stage for one input (:func:`count_flops`).
+            ``None`` (the default) counts them when ``image_size`` is given; they are
+            never counted without a numeric size, nor for 3-D models (the depth is not known).
 
     Returns:
         The :class:`ModelSummary`; ``print()`` it for a table.
@@ -287,6 +343,8 @@ def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummar
             f"summarize needs a model built by idmzoo.build (an IdmzooModel with .spec and "
             f".layout), but got {type(model).__name__}"
         )
+    if flops is None:
+        flops = image_size is not None
     image_size = image_size if image_size is not None else spec.image_size
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
@@ -298,12 +356,17 @@ def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummar
             f"downsampling rate at the bottleneck"
         )
     shapes = _stage_shapes(model, spec, image_size)
+    per_stage: dict[str, int] = {}
+    total = None
+    if flops and image_size is not None and spec.dims != 3:
+        per_stage, total = count_flops(model, image_size)
     stages = tuple(
         StageSummary(
             name,
             _blocks_in(child, spec),
             shapes.get(name),
             sum(p.numel() for p in child.parameters()),
+            per_stage.get(name) if total is not None else None,
         )
         for name, child in sorted(model.named_children(), key=_stage_position)
     )
@@ -312,5 +375,6 @@ def summarize(model: nn.Module, *, image_size: int | None = None) -> ModelSummar
         input_shape=("N", spec.in_channels) + _spatial(spec, image_size, 1),
         stages=stages,
         parameters=sum(p.numel() for p in model.parameters()),
+        flops=total,
         places=_places(model, spec),
     )

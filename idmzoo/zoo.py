@@ -353,7 +353,8 @@ def create(
         device: where to allocate the parameters; ``"meta"`` builds without memory (then
             ``model.to_empty(device=...)`` or :func:`idmzoo.load_checkpoint`).  With
             ``pretrained``, where the checkpoint's tensors are loaded (default ``"cpu"``).
-        checkpointing: ``"none"``, ``"attention"`` or ``"all"``; see :func:`idmzoo.build`.
+        checkpointing: ``"none"``, ``"attention"``, ``"all"``, ``"selective"`` or a ``{kind: mode}``
+            mapping; see :func:`idmzoo.build`.
         seed: seed the initial weights; see :func:`idmzoo.build` (not with ``pretrained``).
         check_shapes: run the build-time shape check; see :func:`idmzoo.build`.
         **overrides: spec fields to replace, validated like a spec file.  The build options

@@ -50,7 +50,7 @@ def test_eval_output_matches_reference(fixture, attention):
     assert max_abs(output, fixture["output"]) < OUTPUT_TOLERANCE
 
 
-@pytest.mark.parametrize("checkpointing", ["none", "attention", "all"])
+@pytest.mark.parametrize("checkpointing", ["none", "attention", "all", "selective"])
 def test_train_gradients_match_reference(fixture, checkpointing):
     model = build_from_fixture(fixture, checkpointing=checkpointing).train()
     inputs = {name: value.clone() for name, value in fixture["inputs"].items()}

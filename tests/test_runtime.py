@@ -15,7 +15,8 @@ from torch.utils._pytree import tree_leaves
 import idmzoo
 from idmzoo.blocks.layers import ThresholdDropout
 from idmzoo.blocks.norm import GroupNorm32
-from tests.fixtures import TINY, TINY_ADM, TINY_CM
+from idmzoo.reference import spec_from_reference
+from tests.fixtures import TINY, TINY_ADM, TINY_CM, load_fixture
 
 TINY_ENCODER = {
     **TINY,
@@ -214,12 +215,49 @@ def test_checkpointing_recomputes_the_chosen_kinds_with_the_same_gradients(spec)
     once = forward_counts(model, args)
     assert set(once) == {"resblock", "attention", "upsample", "downsample"}
     expected = gradients(model, args)
-    recomputed = {"none": set(), "attention": {"attention"}, "all": set(once)}
-    for mode, kinds in recomputed.items():
+    recomputed = {"none": set(), "attention": {"attention"}, "all": set(once), "selective": set(once)}
+    mixed = {"resblock": "selective", "attention": "full", "downsample": "none"}
+    for mode, kinds in [*recomputed.items(), (mixed, {"resblock", "attention"})]:
         model.set_checkpointing(mode)
         counts = forward_counts(model, args)
         assert counts == Counter({k: n * (2 if k in kinds else 1) for k, n in once.items()}), mode
         assert_all_close(gradients(model, args), expected, atol=1e-6)
+
+
+def expensive_calls(model: torch.nn.Module, args: dict[str, torch.Tensor]) -> Counter:
+    """How many times each of selective checkpointing's kept ops ran in one training step."""
+    with OpRecorder() as recorder:
+        gradients(model, args)
+    return Counter(func for func, _, _ in recorder.calls if func in idmzoo.runtime.SAVED_OPS)
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_ADM], ids=["idm", "adm"])
+def test_selective_checkpointing_recomputes_no_convolution_matmul_or_attention(spec):
+    """The kept ops run once (their outputs are reused); full checkpointing runs them again."""
+    model = randomised(idmzoo.build(spec))
+    args = inputs(spec)
+    once = expensive_calls(model, args)
+    assert {op.name() for op in once} >= {"aten::convolution", "aten::addmm"}
+    model.set_checkpointing("selective")
+    assert expensive_calls(model, args) == once
+    model.set_checkpointing("all")
+    assert (
+        expensive_calls(model, args)[torch.ops.aten.convolution.default]
+        > once[torch.ops.aten.convolution.default]
+    )
+
+
+def test_selective_checkpointing_of_a_reference_fixture_gives_the_gradients_of_none():
+    """Dropout 0.3 and a fixed seed: the recomputed masks are the forward's, so gradients are equal."""
+    fixture = load_fixture("idm_uncond_ssn")
+    spec = spec_from_reference(fixture["library"], fixture["class"], {**fixture["kwargs"], "dropout": 0.3})
+    model = idmzoo.build(spec)
+    model.load_state_dict(fixture["state_dict"])
+    args = {"x": fixture["inputs"]["x"], "timesteps": fixture["inputs"]["timesteps"]}
+    expected = gradients(model, args, seed=3)
+    model.set_checkpointing("selective")
+    assert_all_close(gradients(model, args, seed=3), expected, atol=1e-6)
+    assert not torch.equal(gradients(model, args, seed=4)["x"], expected["x"])  # dropout is on
 
 
 def saved_bytes(model: torch.nn.Module, args: dict[str, torch.Tensor]) -> int:
@@ -248,8 +286,12 @@ def test_checkpointing_keeps_fewer_activations_for_backward():
 
 
 def test_unknown_checkpointing_mode_is_refused():
-    with pytest.raises(ValueError, match="checkpointing must be one of none, attention, all, but got 'some'"):
+    with pytest.raises(ValueError, match="checkpointing must be one of none, attention, all, selective or a"):
         idmzoo.build(TINY, checkpointing="some")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'norm' is not a kind that can be checkpointed"):
+        idmzoo.build(TINY, checkpointing={"norm": "full"})
+    with pytest.raises(ValueError, match=r"checkpointing\['resblock'\] must be one of none, full, selective"):
+        idmzoo.build(TINY, checkpointing={"resblock": "all"})  # type: ignore[dict-item]
 
 
 # channels_last -------------------------------------------------------------------------
@@ -296,7 +338,7 @@ def test_channels_last_runs_end_to_end(spec):
     [TINY, TINY_ADM, TINY_CM, TINY_SUPERRES, TINY_ENCODER],
     ids=["idm", "adm", "cm", "superres", "encoder"],
 )
-@pytest.mark.parametrize("checkpointing", ["none", "all"])
+@pytest.mark.parametrize("checkpointing", ["none", "all", "selective"])
 def test_model_traces_as_one_graph(spec, checkpointing):
     """fullgraph=True raises on any graph break; the eager backend keeps this fast."""
     torch._dynamo.reset()

@@ -11,7 +11,8 @@ import torch
 
 import idmzoo
 from idmzoo import IdmzooError
-from tests.fixtures import FIXTURES
+from tests.cli_runner import run_idmzoo
+from tests.fixtures import FIXTURES, TINY, TINY_ADM
 
 SPECS = Path(__file__).parent.parent / "specs"
 PRESETS = json.loads((FIXTURES / "reference" / "presets.json").read_text())["presets"]
@@ -105,3 +106,64 @@ def test_image_size_must_reach_the_bottleneck_evenly():
 def test_only_models_built_by_idmzoo_can_be_summarised():
     with pytest.raises(IdmzooError, match="summarize needs a model built by idmzoo.build.*got Linear"):
         idmzoo.summarize(torch.nn.Linear(2, 2))
+
+
+# -- FLOPs ---------------------------------------------------------------------------------
+
+
+def real_forward_flops(model: torch.nn.Module, size: int) -> tuple[int, dict[str, int]]:
+    """FlopCounterMode over a real CPU forward of one input: the total and each module's count.
+
+    With the reference's einsum attention: the counter has no formula for SDPA's CPU flash
+    kernel, so a CPU SDPA forward would count no attention at all (on the meta device SDPA
+    runs its math path, whose matmuls are the einsums').
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = model.spec
+    kwargs = {"y": torch.tensor([1])} if spec.num_classes else {}
+    if spec.family.type == "superres_unet":
+        kwargs["low_res"] = torch.randn(1, spec.in_channels, size // 2, size // 2)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), idmzoo.attention_backend("math"):
+        model(torch.randn(1, spec.in_channels, *(size,) * spec.dims), torch.tensor([5.0]), **kwargs)
+    counts = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
+    return counter.get_total_flops(), counts
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_ADM, "idm_superres"], ids=["idm", "adm", "superres"])
+def test_flops_counted_on_meta_match_a_real_forward(spec):
+    model = idmzoo.build(SPECS / f"{spec}.json" if isinstance(spec, str) else spec)
+    size = model.spec.image_size or 8
+    summary = idmzoo.summarize(model, image_size=size)
+    total, counts = real_forward_flops(model, size)
+    assert summary.flops == total > 0
+    assert sum(stage.flops for stage in summary.stages) == total
+    stages = {stage.name: stage.flops for stage in summary.stages}
+    for name in ("middle_block", "out", "time_embed"):  # called directly: the counter names them
+        assert stages[name] == counts.get(f"{type(model).__name__}.{name}", 0), name
+
+
+def test_flops_are_counted_only_for_a_given_image_size():
+    model = idmzoo.build(SPECS / "idm_uncond_ssn.json", device="meta")
+    assert idmzoo.summarize(model).flops is None
+    assert "GFLOPs" not in str(idmzoo.summarize(model))
+    counted = idmzoo.summarize(model, image_size=32)
+    assert counted.flops > 0 and all(stage.flops is not None for stage in counted.stages)
+    assert idmzoo.summarize(model, image_size=32, flops=False).flops is None
+    assert counted.to_dict()["flops"] == counted.flops
+
+
+def test_build_command_prints_flops_per_stage():
+    result = run_idmzoo(
+        "build", SPECS / "adm_imagenet256_cond.json", "--device", "meta", "--image-size", "256"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("stage"))
+    assert "GFLOPs/image" in header
+    model = idmzoo.build(SPECS / "adm_imagenet256_cond.json", device="meta")
+    for name in [name for name, _ in model.named_children()] + ["total"]:
+        row = next(line for line in lines if line.split()[0] == name)
+        assert re.search(r"\s\d[\d,]*\.\d{3}\s", row + " "), row
+    total = next(line for line in lines if line.startswith("total"))
+    assert float(total.split()[2].replace(",", "")) > 1000  # ADM 256x256: about 2.2 TFLOPs per image

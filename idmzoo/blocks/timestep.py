@@ -6,7 +6,8 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
+
+from ..runtime import run_checkpointed
 
 __all__ = ["timestep_embedding", "TimestepBlock", "TimestepEmbedSequential"]
 
@@ -39,16 +40,18 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
     """A sequence of blocks; the embedding goes to those that are :class:`TimestepBlock`.
 
     It is also where gradient checkpointing happens: a child whose
-    ``gradient_checkpointing`` attribute is true is run under non-reentrant
-    :func:`torch.utils.checkpoint.checkpoint`, so any plugin block can be checkpointed
+    ``gradient_checkpointing`` attribute is ``True`` (or ``"full"``) or ``"selective"`` is
+    run under non-reentrant :func:`torch.utils.checkpoint.checkpoint`
+    (:func:`~idmzoo.runtime.run_checkpointed`), so any plugin block can be checkpointed
     without cooperating.
     """
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in self:
             args = (x, emb) if isinstance(layer, TimestepBlock) else (x,)
-            if getattr(layer, "gradient_checkpointing", False) and torch.is_grad_enabled():
-                x = checkpoint(layer, *args, use_reentrant=False)
+            mode = getattr(layer, "gradient_checkpointing", False)
+            if mode and mode != "none" and torch.is_grad_enabled():
+                x = run_checkpointed(layer, mode, *args)
             else:
                 x = layer(*args)
         return x

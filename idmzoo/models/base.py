@@ -17,18 +17,48 @@ from ..blocks.timestep import TimestepEmbedSequential
 from ..errors import BlockBuildError, IdmzooError, InputError
 from ..layout import Site
 from ..registry import REGISTRY, BlockParams, Stage
-from ..runtime import Checkpointing
+from ..runtime import BlockCheckpointing, Checkpointing
 
 if TYPE_CHECKING:
     from ..spec import Spec
 
 __all__ = ["IdmzooModel", "BlockMaker"]
 
-_CHECKPOINTED_KINDS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "attention": frozenset({"attention"}),
-    "all": frozenset({"resblock", "attention", "upsample", "downsample"}),
+#: The kinds whose blocks a ``TimestepEmbedSequential`` runs, so the kinds that can be checkpointed.
+CHECKPOINTABLE_KINDS = ("resblock", "attention", "upsample", "downsample")
+_NAMED_MODES: dict[str, dict[str, BlockCheckpointing]] = {
+    "none": {},
+    "attention": {"attention": "full"},
+    "all": dict.fromkeys(CHECKPOINTABLE_KINDS, "full"),
+    "selective": dict.fromkeys(CHECKPOINTABLE_KINDS, "selective"),
 }
+#: The value of a block's ``gradient_checkpointing`` attribute for each mode (``True`` is
+#: what a plugin block may already set for full checkpointing).
+_ATTRIBUTE: dict[str, bool | str] = {"none": False, "full": True, "selective": "selective"}
+
+
+def checkpointing_per_kind(mode: Checkpointing) -> dict[str, BlockCheckpointing]:
+    """``{kind: "none" | "full" | "selective"}`` for every checkpointable kind, from a mode or a mapping."""
+    if isinstance(mode, str):
+        if mode not in _NAMED_MODES:
+            raise ValueError(
+                f"checkpointing must be one of {', '.join(_NAMED_MODES)} or a {{kind: mode}} mapping, "
+                f"but got {mode!r}"
+            )
+        return {kind: _NAMED_MODES[mode].get(kind, "none") for kind in CHECKPOINTABLE_KINDS}
+    if not isinstance(mode, Mapping):
+        raise ValueError(f"checkpointing must be a string or a {{kind: mode}} mapping, but got {mode!r}")
+    for kind, block_mode in mode.items():
+        if kind not in CHECKPOINTABLE_KINDS:
+            raise ValueError(
+                f"checkpointing: {kind!r} is not a kind that can be checkpointed; "
+                f"use {', '.join(CHECKPOINTABLE_KINDS)}"
+            )
+        if block_mode not in _ATTRIBUTE:
+            raise ValueError(
+                f"checkpointing[{kind!r}] must be one of {', '.join(_ATTRIBUTE)}, but got {block_mode!r}"
+            )
+    return {kind: mode.get(kind, "none") for kind in CHECKPOINTABLE_KINDS}
 
 
 class BlockMaker:
@@ -213,16 +243,17 @@ class IdmzooModel(nn.Module):
                     module.to(dtype)
 
     def set_checkpointing(self, mode: Checkpointing) -> None:
-        """Recompute activations in the backward pass for no blocks, attention blocks, or all blocks."""
-        if mode not in _CHECKPOINTED_KINDS:
-            raise ValueError(
-                f"checkpointing must be one of {', '.join(_CHECKPOINTED_KINDS)}, but got {mode!r}"
-            )
-        kinds = _CHECKPOINTED_KINDS[mode]
+        """Recompute activations in the backward pass: ``"none"``, ``"attention"``, ``"all"``,
+        ``"selective"``, or ``{kind: "none" | "full" | "selective"}`` (unnamed kinds: none).
+
+        It sets each block's ``gradient_checkpointing`` attribute (``False``, ``True`` or
+        ``"selective"``), which the block's container reads on every forward.
+        """
+        per_kind = checkpointing_per_kind(mode)
         for module in self.modules():
             kind = getattr(module, "idmzoo_kind", None)
             if kind is not None:
-                module.gradient_checkpointing = kind in kinds
+                module.gradient_checkpointing = _ATTRIBUTE[per_kind.get(kind, "none")]
 
     def save_pretrained(
         self, directory: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
