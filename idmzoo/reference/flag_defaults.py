@@ -69,7 +69,8 @@ _ADM_DIFFUSION: dict[str, object] = {
     "rescale_learned_sigmas": False,
 }
 
-_ADM_MODEL_AND_DIFFUSION: dict[str, object] = {
+#: guided-diffusion's model flags (consistency-models' script_util starts from the same ones).
+_ADM_MODEL: dict[str, object] = {
     "image_size": 64,
     "num_channels": 128,
     "num_res_blocks": 2,
@@ -85,8 +86,8 @@ _ADM_MODEL_AND_DIFFUSION: dict[str, object] = {
     "resblock_updown": False,
     "use_fp16": False,
     "use_new_attention_order": False,
-    **_ADM_DIFFUSION,
 }
+_ADM_MODEL_AND_DIFFUSION: dict[str, object] = {**_ADM_MODEL, **_ADM_DIFFUSION}
 
 _ADM_CLASSIFIER_AND_DIFFUSION: dict[str, object] = {
     "image_size": 64,
@@ -101,24 +102,13 @@ _ADM_CLASSIFIER_AND_DIFFUSION: dict[str, object] = {
 }
 
 
+#: consistency-models: its sigma bounds first, guided-diffusion's model flags (its own
+#: attention resolutions), then learn_sigma and the loss weighting, in that order.
 _CM_MODEL_AND_DIFFUSION: dict[str, object] = {
     "sigma_min": 0.002,
     "sigma_max": 80.0,
-    "image_size": 64,
-    "num_channels": 128,
-    "num_res_blocks": 2,
-    "num_heads": 4,
-    "num_heads_upsample": -1,
-    "num_head_channels": -1,
+    **_ADM_MODEL,
     "attention_resolutions": "32,16,8",
-    "channel_mult": "",
-    "dropout": 0.0,
-    "class_cond": False,
-    "use_checkpoint": False,
-    "use_scale_shift_norm": True,
-    "resblock_updown": False,
-    "use_fp16": False,
-    "use_new_attention_order": False,
     "learn_sigma": False,
     "weight_schedule": "karras",
 }
