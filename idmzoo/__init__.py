@@ -8,7 +8,8 @@ not import torch.
 For plugin authors: :func:`register_block`, :class:`BlockParams` and :class:`Place` (the
 validation hook's argument), :func:`check_divides`, :class:`BlockContext` (what a factory
 is given), :class:`TimestepBlock`, :class:`UNetLayout`/:class:`Site`, and the layer
-helpers :func:`conv_nd`, :func:`layer_nd`, :func:`zero_module`.  See ``docs/plugins.md``.
+helpers :func:`conv_nd`, :func:`layer_nd`, :func:`zero_module`, and
+:func:`prefer_recompute` for selective checkpointing.  See ``docs/plugins.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "attention_backend": "idmzoo.runtime",
     "get_attention_backend": "idmzoo.runtime",
     "set_attention_backend": "idmzoo.runtime",
+    "prefer_recompute": "idmzoo.runtime",
     # the zoo, checkpoints and the reference libraries
     "create": "idmzoo.zoo",
     "list_models": "idmzoo.zoo",
@@ -155,7 +157,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         list_blocks,
         register_block,
     )
-    from .runtime import attention_backend, get_attention_backend, set_attention_backend
+    from .runtime import attention_backend, get_attention_backend, prefer_recompute, set_attention_backend
     from .schema import spec_schema
     from .spec import FamilyParams, Spec, load_spec
     from .summary import ModelSummary, summarize

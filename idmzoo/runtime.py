@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ __all__ = [
     "Checkpointing",
     "BlockCheckpointing",
     "SAVED_OPS",
+    "dropout_keep_mask",
+    "prefer_recompute",
     "run_checkpointed",
     "attention_backend",
     "get_attention_backend",
@@ -93,14 +96,31 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return torch.einsum("...ts,...sc->...tc", weight, v)
 
 
+@torch.library.custom_op("idmzoo::dropout_keep_mask", mutates_args=())
+def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The elements dropout keeps, ``rand_like(x) >= p``, drawn by a single op.
+
+    As one op (rather than a draw and a comparison) it is one of :data:`SAVED_OPS`:
+    selective checkpointing keeps its boolean mask, 1 byte per element, instead of
+    redrawing the float32 uniform numbers in the backward pass, the costliest part of a
+    residual block's recomputation on CPU.
+    """
+    return torch.rand_like(x) >= p
+
+
+@dropout_keep_mask.register_fake
+def _dropout_keep_mask_shape(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty_like(x, dtype=torch.bool)
+
+
 def _aten(*names: str) -> frozenset[Any]:
     """The overloads of the aten ops ``names`` that this torch build has (CUDA-only ones may not exist)."""
     return frozenset(op.default for name in names if (op := getattr(torch.ops.aten, name, None)) is not None)
 
 
-#: The ops whose outputs selective checkpointing keeps: the expensive ones.  Everything
-#: else (norms, activations, dropout's draw and mask, additions, reshapes) is recomputed,
-#: which costs little time and holds no memory between the passes.
+#: The ops whose outputs selective checkpointing keeps: the expensive ones, and dropout's
+#: mask (small, and costly to redraw).  Everything else (norms, activations, additions,
+#: reshapes) is recomputed, which costs little time and holds no memory between the passes.
 SAVED_OPS: frozenset[Any] = _aten(
     "convolution",
     "mm",
@@ -113,11 +133,47 @@ SAVED_OPS: frozenset[Any] = _aten(
     "_scaled_dot_product_cudnn_attention",
     "_flash_attention_forward",
     "_efficient_attention_forward",
-)
+) | {torch.ops.idmzoo.dropout_keep_mask.default}
+
+
+class _RecomputeRegion(threading.local):
+    depth = 0
+
+
+_recompute_region = _RecomputeRegion()
+
+
+@contextlib.contextmanager
+def prefer_recompute() -> Iterator[None]:
+    """Under selective checkpointing, keep none of the outputs of the ops run inside.
+
+    For a block's last computation when its output only enters an addition (a residual
+    branch's last convolution, attention's output projection): the backward pass never
+    reads that output, so keeping it would hold an activation per block for nothing, and
+    it is not recomputed either, because recomputation stops as soon as every tensor the
+    backward pass needs is rebuilt.  Anything wrapped earlier in a block *is* recomputed
+    (the ops after it must be), so use it only at the end.  It does nothing outside
+    selective checkpointing, nor under ``torch.compile``, whose partitioner decides what
+    to keep.
+
+    Examples:
+        >>> with idmzoo.prefer_recompute():
+        ...     return x + self.proj_out(h)
+    """
+    if torch.compiler.is_compiling():
+        yield
+        return
+    _recompute_region.depth += 1
+    try:
+        yield
+    finally:
+        _recompute_region.depth -= 1
 
 
 def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+    if op in SAVED_OPS and not _recompute_region.depth:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 _selective_contexts = functools.partial(create_selective_checkpoint_contexts, _selective_policy)

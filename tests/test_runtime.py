@@ -3,6 +3,8 @@ channels_last and torch.compile, each checked against the plain eager computatio
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -232,12 +234,12 @@ def expensive_calls(model: torch.nn.Module, args: dict[str, torch.Tensor]) -> Co
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_ADM], ids=["idm", "adm"])
-def test_selective_checkpointing_recomputes_no_convolution_matmul_or_attention(spec):
+def test_selective_checkpointing_recomputes_no_convolution_matmul_attention_or_dropout_draw(spec):
     """The kept ops run once (their outputs are reused); full checkpointing runs them again."""
-    model = randomised(idmzoo.build(spec))
+    model = randomised(idmzoo.build(spec))  # training mode, dropout 0.1
     args = inputs(spec)
     once = expensive_calls(model, args)
-    assert {op.name() for op in once} >= {"aten::convolution", "aten::addmm"}
+    assert {op.name() for op in once} >= {"aten::convolution", "aten::addmm", "idmzoo::dropout_keep_mask"}
     model.set_checkpointing("selective")
     assert expensive_calls(model, args) == once
     model.set_checkpointing("all")
@@ -245,6 +247,62 @@ def test_selective_checkpointing_recomputes_no_convolution_matmul_or_attention(s
         expensive_calls(model, args)[torch.ops.aten.convolution.default]
         > once[torch.ops.aten.convolution.default]
     )
+
+
+class OutputLifetimes(TorchDispatchMode):
+    """Which of the expensive ops' outputs outlive the forward pass, by the weight each op used.
+
+    Only weak references to the outputs' storages are kept, so recording changes no lifetime.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.names = {w.untyped_storage().data_ptr(): name for name, w in weights.items()}
+        self.outputs: dict[str, list[weakref.ref]] = {name: [] for name in weights}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        if func in idmzoo.runtime.SAVED_OPS:
+            for arg in args:
+                name = isinstance(arg, torch.Tensor) and self.names.get(arg.untyped_storage().data_ptr())
+                if name:
+                    self.outputs[name].append(weakref.ref(out.untyped_storage()))
+        return out
+
+    def alive(self) -> dict[str, bool]:
+        gc.collect()
+        return {name: all(ref() is not None for ref in refs) for name, refs in self.outputs.items()}
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_selective_checkpointing_keeps_no_output_that_only_enters_a_residual_sum(backend):
+    """A residual branch's last conv and attention's output projection are dropped; the rest kept."""
+    model = randomised(idmzoo.build(TINY, checkpointing="selective"))
+    blocks = [m for m in model.modules() if hasattr(m, "idmzoo_kind")]
+    resblock = next(
+        m for m in blocks if m.idmzoo_kind == "resblock" and isinstance(m.skip_connection, torch.nn.Conv2d)
+    )
+    attention = next(m for m in blocks if m.idmzoo_kind == "attention")
+    weights = {
+        "first conv": resblock.in_layers[-1].weight,
+        "skip conv": resblock.skip_connection.weight,
+        "last conv": resblock.out_layers[-1].weight,
+        "qkv": attention.qkv.weight,
+        "proj_out": attention.proj_out.weight,
+    }
+    args = inputs(TINY)
+    with idmzoo.attention_backend(backend):
+        with OutputLifetimes(weights) as lifetimes:
+            loss = model(**args).square().mean()
+        assert all(lifetimes.outputs.values())
+        assert lifetimes.alive() == {
+            "first conv": True,
+            "skip conv": True,
+            "last conv": False,
+            "qkv": True,
+            "proj_out": False,
+        }
+        loss.backward()  # the gradients equal "none"'s: see the tests above and below
 
 
 def test_selective_checkpointing_of_a_reference_fixture_gives_the_gradients_of_none():

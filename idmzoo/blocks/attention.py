@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from ..registry import BlockParams, Place, check_divides, register_block
-from ..runtime import dot_product_attention, get_attention_backend
+from ..runtime import dot_product_attention, get_attention_backend, prefer_recompute
 from .context import BlockContext
 from .layers import conv_nd, zero_module
 
@@ -80,10 +80,12 @@ def self_attention(
     """
     if get_attention_backend() == "math":
         out = _attention_over_channels(_pointwise_channels(qkv, h), heads, order)
-        return _pointwise_channels(proj, out)
+        with prefer_recompute():  # the output only enters the residual sum
+            return _pointwise_channels(proj, out)
     tokens = h.transpose(1, 2)  # [B, T, C]
     out = _attention_over_tokens(_pointwise(qkv, tokens), heads, order)
-    return _pointwise(proj, out).transpose(1, 2)
+    with prefer_recompute():  # the output only enters the residual sum
+        return _pointwise(proj, out).transpose(1, 2)
 
 
 def head_count(

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..runtime import dropout_keep_mask
+
 __all__ = ["layer_nd", "conv_nd", "avg_pool_nd", "zero_module", "resample_factor", "ThresholdDropout"]
 
 
@@ -47,7 +49,8 @@ class ThresholdDropout(nn.Dropout):
 
     On CPU, ``torch.rand_like`` and a comparison cost less than half of the ``bernoulli_``
     ``nn.Dropout`` draws, and the mask autograd keeps is boolean, 1 byte per element
-    instead of 4.  Checkpointing replays the same mask, as it restores the RNG state.
+    instead of 4.  Checkpointing replays the same mask, as it restores the RNG state;
+    selective checkpointing keeps the mask instead (:func:`~idmzoo.runtime.dropout_keep_mask`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,4 +58,4 @@ class ThresholdDropout(nn.Dropout):
             return x
         if self.p == 1.0 or self.inplace:
             return super().forward(x)
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+        return x * dropout_keep_mask(x, self.p) * (1.0 / (1.0 - self.p))

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register_block
+from ..runtime import prefer_recompute
 from .context import BlockContext
 from .layers import avg_pool_nd, conv_nd, resample_factor
 
@@ -32,7 +33,10 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=self.scale_factor, mode="nearest")
-        return x if self.conv is None else self.conv(x)
+        if self.conv is None:
+            return x
+        with prefer_recompute():  # the output leaves the block: nothing here reads it again
+            return self.conv(x)
 
 
 class Downsample(nn.Module):
@@ -47,7 +51,8 @@ class Downsample(nn.Module):
             self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        with prefer_recompute():  # the output leaves the block: nothing here reads it again
+            return self.op(x)
 
 
 @register_block("upsample", "nearest", description="Nearest-neighbour x2, no parameters.")

@@ -9,6 +9,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from ..registry import BlockParams, register_block
+from ..runtime import prefer_recompute
 from .context import BlockContext
 from .layers import ThresholdDropout, conv_nd, zero_module
 from .resample import Downsample, Upsample
@@ -109,4 +110,7 @@ class ResBlock(TimestepBlock):
             h = norm(h) * (1 + scale) + shift
         else:
             h = norm(h + emb_out)
-        return self.skip_connection(x) + conv(dropout(act(h)))
+        skip = self.skip_connection(x)  # kept: dropping it would mean recomputing it
+        h = dropout(act(h))
+        with prefer_recompute():  # the branch's output only enters the sum
+            return skip + conv(h)
