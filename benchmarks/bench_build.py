@@ -20,10 +20,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import idmzoo
 from idmzoo.shape_check import check_block_shapes
 from idmzoo.summary import count_flops
+
+#: The command line of the idmzoo this benchmark imports: the console script beside this
+#: Python (its venv need not be activated), else ``python -m idmzoo``.
+_SCRIPT = Path(sys.executable).with_name("idmzoo")
+IDMZOO = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "idmzoo"]
 
 
 def _wall(command: list[str]) -> float:
@@ -56,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         per_stage, flops = count_flops(model, size)
         counts.append(time.perf_counter() - start)
-    command = _wall(["idmzoo", "build", args.spec, "--device", "meta"])
+    command = _wall([*IDMZOO, "build", args.spec, "--device", "meta"])
     torch_import = [_wall([sys.executable, "-c", "import torch"]) for _ in range(args.repeats)]
-    help_ = [_wall(["idmzoo", "--help"]) for _ in range(args.repeats)]
+    help_ = [_wall([*IDMZOO, "--help"]) for _ in range(args.repeats)]
     print(f"{args.spec}: {parameters:,} parameters")
     print(f"idmzoo.build(device='meta'): {min(times):.3f} s (best of {args.repeats})")
     print(f"shape check on meta: {min(checks):.3f} s (best of {args.repeats})")
