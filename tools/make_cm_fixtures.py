@@ -105,7 +105,9 @@ import types
 
 import torch
 from reference_fixtures import (
+    UNET_KWARGS,
     checkout_on_path,
+    explicit_kwargs,
     generate_one,
     index_header,
     parse_args,
@@ -132,31 +134,7 @@ GENERATOR = "tools/make_cm_fixtures.py"
 
 def unet_kwargs(**overrides):
     """Full, explicit constructor kwargs of consistency_models' UNetModel."""
-    kw = dict(
-        image_size=16,
-        in_channels=3,
-        model_channels=32,
-        out_channels=3,
-        num_res_blocks=1,
-        attention_resolutions=[2],
-        dropout=0.0,
-        channel_mult=[1, 2],
-        conv_resample=True,
-        dims=2,
-        num_classes=None,
-        use_checkpoint=False,
-        use_fp16=False,
-        num_heads=1,
-        num_head_channels=-1,
-        num_heads_upsample=-1,
-        use_scale_shift_norm=False,
-        resblock_updown=False,
-        use_new_attention_order=False,
-    )
-    unknown = set(overrides) - set(kw)
-    assert not unknown, unknown
-    kw.update(overrides)
-    return kw
+    return explicit_kwargs({**UNET_KWARGS, "channel_mult": [1, 2]}, overrides)
 
 
 CONFIGS = [

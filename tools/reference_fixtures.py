@@ -14,6 +14,7 @@ bytes: changing either changes every regenerated ``.pt`` file.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -29,6 +30,40 @@ RERANDOMISATION = (
     "weights (ndim>=2): randn/sqrt(fan_in); GroupNorm weight: 1+0.1*randn; "
     "GroupNorm bias: 0.1*randn; other 1-d params: 0.01+0.1*randn"
 )
+
+
+#: Every constructor argument of the reference ``UNetModel`` (guided-diffusion's and
+#: consistency_models', which take the same ones), explicit and in the constructor's
+#: order: fp32, no checkpointing, no dropout.  Each configuration overrides a few.
+UNET_KWARGS = dict(
+    image_size=16,
+    in_channels=3,
+    model_channels=32,
+    out_channels=3,
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    dropout=0.0,
+    channel_mult=[1, 1],
+    conv_resample=True,
+    dims=2,
+    num_classes=None,
+    use_checkpoint=False,
+    use_fp16=False,
+    num_heads=1,
+    num_head_channels=-1,
+    num_heads_upsample=-1,
+    use_scale_shift_norm=False,
+    resblock_updown=False,
+    use_new_attention_order=False,
+)
+
+
+def explicit_kwargs(defaults, overrides):
+    """A deep copy of ``defaults`` updated with ``overrides``, refusing names the constructor
+    does not take.  The copy keeps configurations from sharing (and pickling) the same lists."""
+    unknown = set(overrides) - set(defaults)
+    assert not unknown, unknown
+    return {**copy.deepcopy(defaults), **overrides}
 
 
 # --------------------------------------------------------------------------
